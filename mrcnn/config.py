@@ -1,0 +1,262 @@
+"""Mask R-CNN configuration.
+
+Subclass `Config` and override class attributes to configure a model, exactly
+as with matterport's library::
+
+    class ShapesConfig(Config):
+        NAME = "shapes"
+        NUM_CLASSES = 1 + 3
+        IMAGE_MIN_DIM = IMAGE_MAX_DIM = 128
+
+Every attribute, default and computed value is matterport's. Unlike the
+original, a configuration that cannot work raises a `ValueError` naming the
+attribute and the fix when it is constructed (and again when a model is built,
+so attributes changed on an instance are checked too).
+"""
+
+import numbers
+
+import numpy as np
+
+RESIZE_MODES = ("none", "square", "pad64", "crop")
+BACKBONES = ("resnet50", "resnet101")
+LOSS_NAMES = ("rpn_class_loss", "rpn_bbox_loss", "mrcnn_class_loss",
+              "mrcnn_bbox_loss", "mrcnn_mask_loss")
+
+
+class Config:
+    """Base configuration. Override attributes in a subclass."""
+
+    # Name of the configuration, used in log-directory and checkpoint names.
+    NAME = None
+
+    # Images per replica and number of replicas; BATCH_SIZE is their product.
+    GPU_COUNT = 1
+    IMAGES_PER_GPU = 2
+
+    # Training steps per epoch and validation steps at the end of each epoch.
+    STEPS_PER_EPOCH = 1000
+    VALIDATION_STEPS = 50
+
+    # "resnet50", "resnet101", or a callable building the backbone, in which
+    # case COMPUTE_BACKBONE_SHAPE(image_shape) must give the feature shapes.
+    BACKBONE = "resnet101"
+    COMPUTE_BACKBONE_SHAPE = None
+
+    # Strides of the FPN levels P2..P6 relative to the image.
+    BACKBONE_STRIDES = [4, 8, 16, 32, 64]
+
+    # Size of the fully-connected layers of the classification head.
+    FPN_CLASSIF_FC_LAYERS_SIZE = 1024
+
+    # Channels of the top-down feature pyramid.
+    TOP_DOWN_PYRAMID_SIZE = 256
+
+    # Number of classes, background included.
+    NUM_CLASSES = 1
+
+    # Anchor side lengths in pixels, one per pyramid level.
+    RPN_ANCHOR_SCALES = (32, 64, 128, 256, 512)
+
+    # Anchor width/height ratios, used at every level.
+    RPN_ANCHOR_RATIOS = [0.5, 1, 2]
+
+    # Anchor stride on the feature maps (1: an anchor at every cell).
+    RPN_ANCHOR_STRIDE = 1
+
+    # NMS threshold for RPN proposals.
+    RPN_NMS_THRESHOLD = 0.7
+
+    # Anchors per image sampled to train the RPN.
+    RPN_TRAIN_ANCHORS_PER_IMAGE = 256
+
+    # Top anchors (by RPN score) kept before NMS.
+    PRE_NMS_LIMIT = 6000
+
+    # Proposals kept after NMS in training and inference.
+    POST_NMS_ROIS_TRAINING = 2000
+    POST_NMS_ROIS_INFERENCE = 1000
+
+    # Store instance masks cropped to their box and resized to MINI_MASK_SHAPE.
+    USE_MINI_MASK = True
+    MINI_MASK_SHAPE = (56, 56)
+
+    # Input resizing: "none", "square", "pad64" or "crop" (see utils.resize_image).
+    IMAGE_RESIZE_MODE = "square"
+    IMAGE_MIN_DIM = 800
+    IMAGE_MAX_DIM = 1024
+    IMAGE_MIN_SCALE = 0
+    IMAGE_CHANNEL_COUNT = 3
+
+    # Mean pixel (RGB) subtracted from images.
+    MEAN_PIXEL = np.array([123.7, 116.8, 103.9])
+
+    # RoIs per image fed to the heads in training, and the share of positives.
+    TRAIN_ROIS_PER_IMAGE = 200
+    ROI_POSITIVE_RATIO = 0.33
+
+    # RoI pooling sizes of the classifier and mask heads.
+    POOL_SIZE = 7
+    MASK_POOL_SIZE = 14
+
+    # Output size of the mask head (it upsamples MASK_POOL_SIZE by 2).
+    MASK_SHAPE = [28, 28]
+
+    # Maximum ground-truth instances used per image.
+    MAX_GT_INSTANCES = 100
+
+    # Standard deviations dividing the box-refinement targets.
+    RPN_BBOX_STD_DEV = np.array([0.1, 0.1, 0.2, 0.2])
+    BBOX_STD_DEV = np.array([0.1, 0.1, 0.2, 0.2])
+
+    # Detections kept per image, their minimum score and per-class NMS threshold.
+    DETECTION_MAX_INSTANCES = 100
+    DETECTION_MIN_CONFIDENCE = 0.7
+    DETECTION_NMS_THRESHOLD = 0.3
+
+    # SGD with momentum, L2 weight decay on kernels.
+    LEARNING_RATE = 0.001
+    LEARNING_MOMENTUM = 0.9
+    WEIGHT_DECAY = 0.0001
+
+    # Weight of each loss in the total.
+    LOSS_WEIGHTS = {
+        "rpn_class_loss": 1.,
+        "rpn_bbox_loss": 1.,
+        "mrcnn_class_loss": 1.,
+        "mrcnn_bbox_loss": 1.,
+        "mrcnn_mask_loss": 1.,
+    }
+
+    # Train the heads on RPN proposals (True) or on given RoIs (False).
+    USE_RPN_ROIS = True
+
+    # Train BatchNorm layers (False keeps their statistics and scale frozen).
+    TRAIN_BN = False
+
+    # Gradient norm clipping.
+    GRADIENT_CLIP_NORM = 5.0
+
+    def __init__(self):
+        self.BATCH_SIZE = self.IMAGES_PER_GPU * self.GPU_COUNT
+        side = self.IMAGE_MIN_DIM if self.IMAGE_RESIZE_MODE == "crop" else self.IMAGE_MAX_DIM
+        self.IMAGE_SHAPE = np.array([side, side, self.IMAGE_CHANNEL_COUNT])
+        # image_id, original shape, resized shape, window, scale, active classes
+        self.IMAGE_META_SIZE = 1 + 3 + 3 + 4 + 1 + self.NUM_CLASSES
+        self.validate()
+
+    def to_dict(self):
+        """All upper-case settings (computed ones included) as a dict."""
+        return {a: getattr(self, a) for a in sorted(dir(self))
+                if not a.startswith("__") and not callable(getattr(self, a))}
+
+    def display(self):
+        """Print every setting, one per line."""
+        print("\nConfigurations:")
+        for key, val in self.to_dict().items():
+            print(f"{key:30} {val}")
+        print("\n")
+
+    def validate(self):
+        """Raise ValueError naming the attribute and the fix if this config cannot work."""
+        def fail(attr, problem, fix):
+            raise ValueError(f"{type(self).__name__}.{attr} {problem}. {fix}")
+
+        def check_int(attr, minimum):
+            value = getattr(self, attr)
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+                fail(attr, f"is {value!r}", f"Set it to an integer >= {minimum}.")
+
+        def check_fraction(attr):
+            value = getattr(self, attr)
+            if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 <= value <= 1:
+                fail(attr, f"is {value!r}", "Set it to a number between 0 and 1.")
+
+        for attr in ("GPU_COUNT", "IMAGES_PER_GPU", "STEPS_PER_EPOCH", "NUM_CLASSES",
+                     "RPN_ANCHOR_STRIDE", "RPN_TRAIN_ANCHORS_PER_IMAGE", "PRE_NMS_LIMIT",
+                     "POST_NMS_ROIS_TRAINING", "POST_NMS_ROIS_INFERENCE",
+                     "TRAIN_ROIS_PER_IMAGE", "POOL_SIZE", "MASK_POOL_SIZE",
+                     "MAX_GT_INSTANCES", "DETECTION_MAX_INSTANCES",
+                     "FPN_CLASSIF_FC_LAYERS_SIZE", "TOP_DOWN_PYRAMID_SIZE",
+                     "IMAGE_CHANNEL_COUNT"):
+            check_int(attr, 1)
+        check_int("VALIDATION_STEPS", 0)
+        for attr in ("RPN_NMS_THRESHOLD", "ROI_POSITIVE_RATIO", "DETECTION_MIN_CONFIDENCE",
+                     "DETECTION_NMS_THRESHOLD", "LEARNING_MOMENTUM"):
+            check_fraction(attr)
+        for attr in ("LEARNING_RATE", "WEIGHT_DECAY", "GRADIENT_CLIP_NORM", "IMAGE_MIN_SCALE"):
+            value = getattr(self, attr)
+            if not isinstance(value, numbers.Real) or value < 0 or (attr == "LEARNING_RATE" and value == 0):
+                fail(attr, f"is {value!r}", "Set it to a positive number.")
+
+        if isinstance(self.BACKBONE, str):
+            if self.BACKBONE not in BACKBONES:
+                fail("BACKBONE", f"is {self.BACKBONE!r}, an unknown backbone",
+                     f"Use one of {', '.join(BACKBONES)}, or a callable together with "
+                     "COMPUTE_BACKBONE_SHAPE.")
+        elif callable(self.BACKBONE):
+            if not callable(self.COMPUTE_BACKBONE_SHAPE):
+                fail("COMPUTE_BACKBONE_SHAPE", "is not set although BACKBONE is a callable",
+                     "Set it to a function image_shape -> [[height, width] per level].")
+        else:
+            fail("BACKBONE", f"is {self.BACKBONE!r}",
+                 f"Use one of {', '.join(BACKBONES)} or a callable.")
+
+        if len(self.RPN_ANCHOR_SCALES) != len(self.BACKBONE_STRIDES):
+            fail("RPN_ANCHOR_SCALES", f"has {len(self.RPN_ANCHOR_SCALES)} entries but "
+                 f"BACKBONE_STRIDES has {len(self.BACKBONE_STRIDES)}",
+                 "Give one anchor scale per pyramid level.")
+        if len(self.RPN_ANCHOR_RATIOS) == 0 or min(self.RPN_ANCHOR_RATIOS) <= 0:
+            fail("RPN_ANCHOR_RATIOS", f"is {self.RPN_ANCHOR_RATIOS!r}",
+                 "Give one or more positive width/height ratios.")
+
+        if self.IMAGE_RESIZE_MODE not in RESIZE_MODES:
+            fail("IMAGE_RESIZE_MODE", f"is {self.IMAGE_RESIZE_MODE!r}",
+                 f"Use one of {', '.join(RESIZE_MODES)}.")
+        check_int("IMAGE_MAX_DIM", 64)
+        if self.IMAGE_MIN_DIM is not None:
+            check_int("IMAGE_MIN_DIM", 1)
+        if self.IMAGE_RESIZE_MODE in ("square", "none") and self.IMAGE_MAX_DIM % 64:
+            fail("IMAGE_MAX_DIM", f"is {self.IMAGE_MAX_DIM}, not a multiple of 64 "
+                 "(the image is halved 6 times through the pyramid)",
+                 f"Use {64 * max(1, round(self.IMAGE_MAX_DIM / 64))}.")
+        if self.IMAGE_RESIZE_MODE in ("pad64", "crop") and (
+                not self.IMAGE_MIN_DIM or self.IMAGE_MIN_DIM % 64):
+            fail("IMAGE_MIN_DIM", f"is {self.IMAGE_MIN_DIM}, not a multiple of 64 as "
+                 f"IMAGE_RESIZE_MODE {self.IMAGE_RESIZE_MODE!r} requires",
+                 f"Use {64 * max(1, round((self.IMAGE_MIN_DIM or 0) / 64))}.")
+        if self.IMAGE_RESIZE_MODE == "square" and self.IMAGE_MIN_DIM and \
+                self.IMAGE_MIN_DIM > self.IMAGE_MAX_DIM:
+            fail("IMAGE_MIN_DIM", f"({self.IMAGE_MIN_DIM}) is larger than IMAGE_MAX_DIM "
+                 f"({self.IMAGE_MAX_DIM})", "Make IMAGE_MIN_DIM <= IMAGE_MAX_DIM.")
+
+        if len(np.ravel(self.MEAN_PIXEL)) != self.IMAGE_CHANNEL_COUNT:
+            fail("MEAN_PIXEL", f"has {len(np.ravel(self.MEAN_PIXEL))} values but "
+                 f"IMAGE_CHANNEL_COUNT is {self.IMAGE_CHANNEL_COUNT}",
+                 "Give one mean value per channel.")
+
+        if len(self.MINI_MASK_SHAPE) != 2 or min(self.MINI_MASK_SHAPE) < 1:
+            fail("MINI_MASK_SHAPE", f"is {self.MINI_MASK_SHAPE!r}", "Use (height, width), e.g. (56, 56).")
+        if self.USE_MINI_MASK and max(self.MINI_MASK_SHAPE) > min(self.IMAGE_SHAPE[:2]):
+            fail("MINI_MASK_SHAPE", f"{tuple(self.MINI_MASK_SHAPE)} is larger than the image "
+                 f"{tuple(int(s) for s in self.IMAGE_SHAPE[:2])}",
+                 "Use a smaller MINI_MASK_SHAPE or USE_MINI_MASK = False.")
+        if list(self.MASK_SHAPE) != [2 * self.MASK_POOL_SIZE] * 2:
+            fail("MASK_SHAPE", f"is {list(self.MASK_SHAPE)} but the mask head upsamples "
+                 f"MASK_POOL_SIZE ({self.MASK_POOL_SIZE}) once by 2",
+                 f"Use MASK_SHAPE = [{2 * self.MASK_POOL_SIZE}, {2 * self.MASK_POOL_SIZE}] "
+                 "or MASK_POOL_SIZE = MASK_SHAPE[0] // 2.")
+
+        for attr in ("RPN_BBOX_STD_DEV", "BBOX_STD_DEV"):
+            value = np.asarray(getattr(self, attr))
+            if value.shape != (4,) or np.any(value <= 0):
+                fail(attr, f"is {getattr(self, attr)!r}", "Give four positive numbers.")
+
+        if set(self.LOSS_WEIGHTS) != set(LOSS_NAMES):
+            fail("LOSS_WEIGHTS", f"has keys {sorted(self.LOSS_WEIGHTS)}",
+                 f"Give exactly the keys {', '.join(LOSS_NAMES)}.")
+
+        if self.TRAIN_ROIS_PER_IMAGE * self.ROI_POSITIVE_RATIO < 1:
+            fail("TRAIN_ROIS_PER_IMAGE", f"({self.TRAIN_ROIS_PER_IMAGE}) times ROI_POSITIVE_RATIO "
+                 f"({self.ROI_POSITIVE_RATIO}) leaves no positive RoI",
+                 "Raise either so that at least one positive RoI is sampled.")

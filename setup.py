@@ -1,0 +1,34 @@
+"""Installs the `mrcnn` package (Mask R-CNN on TensorFlow 2 / Keras 3)."""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="mrcnn",
+    version="3.0.0.dev0",
+    description="Mask R-CNN for object detection and instance segmentation on TensorFlow 2 / Keras 3",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    license="MIT",
+    packages=find_packages(include=["mrcnn", "mrcnn.*"]),
+    python_requires=">=3.10",
+    install_requires=[
+        "tensorflow>=2.16",   # the first release whose tf.keras is Keras 3
+        "numpy>=1.23",
+        "scipy>=1.8",
+        "scikit-image>=0.19",
+        "h5py>=3.6",
+        "pycocotools>=2.0.6",
+        "matplotlib>=3.5",
+        "tqdm>=4.60",
+    ],
+    extras_require={
+        # imgaug 0.4.0 does not import with numpy 2; install it where it does.
+        "imgaug": ["imgaug>=0.4.0"],
+        "test": ["pytest>=7", "hypothesis>=6", "nbclient>=0.7", "nbformat>=5", "ipykernel>=6"],
+    },
+    classifiers=[
+        "Programming Language :: Python :: 3",
+        "License :: OSI Approved :: MIT License",
+        "Topic :: Scientific/Engineering :: Image Recognition",
+    ],
+)
