@@ -1,0 +1,442 @@
+"""Weight files in the Keras 2 HDF5 layout, read and written by layer name.
+
+matterport's weights (``mask_rcnn_coco.h5``, ImageNet ResNet files, its
+training checkpoints) use the Keras 2 layout: root attribute ``layer_names``;
+one group per layer whose attribute ``weight_names`` lists datasets such as
+``conv1/kernel:0`` (stored at ``conv1/conv1/kernel:0``); the nested
+``rpn_model`` is one group whose names point into its sub-layers
+(``rpn_conv_shared/kernel:0``). Keras 3 cannot load such files by name
+reliably (its own ``.weights.h5`` files are keyed by layer class and order),
+so this module reads and writes the layout with h5py.
+
+Matching is by layer name, descending into nested models, and within a layer
+by the layer's own variables (by short name, else by order). It never uses
+``model.weights`` order, which Keras changes when layers are frozen.
+"""
+
+import dataclasses
+import os
+import re
+import tempfile
+import warnings
+
+import h5py
+import keras
+import numpy as np
+
+# `exclude` presets: "heads_for_new_classes" drops the layers whose shapes
+# depend on NUM_CLASSES, as matterport's README does for fine-tuning.
+EXCLUDE_PRESETS = {
+    "heads_for_new_classes": ("mrcnn_class_logits", "mrcnn_bbox_fc", "mrcnn_bbox", "mrcnn_mask"),
+}
+
+# Written as the file's `keras_version`. Keras 2 readers only look for "1"
+# (to convert Keras 1 weights); matterport's files carry 2.x versions.
+KERAS2_VERSION = "2.2.4"
+
+# HDF5 object headers hold at most 64 KiB; Keras 2 splits longer name lists
+# into attributes `<name>0`, `<name>1`, ... and so do we.
+HDF5_ATTR_LIMIT = 64512
+
+LAYOUT_HELP = ("A Keras-2-layout weights file (as matterport's Mask_RCNN and Keras 2's "
+               "`save_weights('*.h5')` write) is an HDF5 file with a root "
+               "attribute `layer_names` (or a `model_weights` group holding it) and one group "
+               "per layer with a `weight_names` attribute.")
+
+_RES4_BLOCK = re.compile(r"res4([a-z]+)_branch2a")
+_BACKBONE_NAMES = {6: "ResNet-50", 23: "ResNet-101"}
+
+
+@dataclasses.dataclass
+class LoadReport:
+    """What `load_weights_by_name` did, by layer name.
+
+    Names inside nested models (``rpn_conv_shared``) appear unqualified.
+    """
+
+    filepath: str
+    loaded: list          # model layers whose weights were set from the file
+    excluded: list        # file layers skipped because of `exclude`
+    not_in_model: list    # file layers with weights that match no model layer
+    missing_from_file: list  # model layers with weights the file did not set (excluded ones aside)
+
+
+# --------------------------------------------------------------------------- reading
+
+def _read_names(group, key):
+    """A Keras 2 name-list attribute as a list of str (None when absent)."""
+    if key in group.attrs:
+        values = np.asarray(group.attrs[key]).ravel()
+    elif f"{key}0" in group.attrs:
+        chunks, i = [], 0
+        while f"{key}{i}" in group.attrs:
+            chunks.append(np.asarray(group.attrs[f"{key}{i}"]).ravel())
+            i += 1
+        values = np.concatenate(chunks)
+    else:
+        return None
+    return [v.decode("utf8") if isinstance(v, bytes) else str(v) for v in values]
+
+
+class _Keras2File:
+    """An open Keras-2-layout file; every failure to read it is a clear ValueError."""
+
+    def __init__(self, filepath):
+        self.path = os.fspath(filepath)
+        if not os.path.exists(self.path):
+            raise FileNotFoundError(f"Weights file not found: {self.path!r}.")
+        if os.path.isdir(self.path):
+            raise ValueError(f"{self.path!r} is a directory, not a weights file. {LAYOUT_HELP}")
+        size = os.path.getsize(self.path)
+        if not h5py.is_hdf5(self.path):
+            with open(self.path, "rb") as fh:
+                head = fh.read(4)
+            what = ("an empty file" if size == 0 else
+                    "a zip archive (a Keras 3 `.keras` model file?)" if head == b"PK\x03\x04" else
+                    f"not an HDF5 file ({size} bytes; an interrupted download or a file of another format)")
+            raise ValueError(f"Cannot load weights from {self.path!r}: it is {what}. {LAYOUT_HELP}")
+        try:
+            self._file = h5py.File(self.path, "r")
+        except OSError as err:
+            raise ValueError(
+                f"Cannot load weights from {self.path!r}: the HDF5 file is damaged or truncated "
+                f"({size} bytes; an interrupted download or save?). HDF5 says: {err}") from err
+        root = self._file
+        if "layer_names" not in root.attrs and "layer_names0" not in root.attrs \
+                and "model_weights" in root:
+            root = root["model_weights"]
+        self.layer_names = _read_names(root, "layer_names")
+        if self.layer_names is None:
+            keras3 = "layers" in self._file and "vars" in self._file
+            self.close()
+            hint = (" It looks like a Keras 3 `.weights.h5` file, which is keyed by layer class and "
+                    "order, not by layer name; load it with `keras_model.load_weights()` into the "
+                    "same architecture, then write it with mrcnn's `save_weights_by_name`."
+                    if keras3 else "")
+            raise ValueError(f"Cannot load weights from {self.path!r}: it is an HDF5 file without a "
+                             f"`layer_names` attribute, so not a Keras-2-layout weights file.{hint} "
+                             f"{LAYOUT_HELP}")
+        self.root = root
+
+    def close(self):
+        self._file.close()
+
+    def groups(self):
+        """[(layer_name, [(weight_name, dataset)])] in file order."""
+        out = []
+        for name in self.layer_names:
+            if name not in self.root:
+                raise ValueError(f"{self.path!r} lists layer {name!r} in `layer_names` but has no "
+                                 f"group for it: the file is damaged or not a Keras-2-layout "
+                                 f"weights file. {LAYOUT_HELP}")
+            group = self.root[name]
+            weight_names = _read_names(group, "weight_names") or []
+            try:
+                out.append((name, [(w, group[w]) for w in weight_names]))
+            except KeyError as err:
+                raise ValueError(f"{self.path!r}: layer {name!r} lists weights {weight_names} but "
+                                 f"some are missing from the file (damaged file?).") from err
+        return out
+
+    def read(self, dataset):
+        try:
+            return dataset[()]
+        except OSError as err:
+            raise ValueError(f"Cannot read {dataset.name!r} from {self.path!r}: the HDF5 file is "
+                             f"damaged or truncated. HDF5 says: {err}") from err
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def keras2_layout(filepath):
+    """List a Keras-2-layout weights file: [(layer_name, [(weight_name, shape)])] in file order.
+
+    Layers without weights are included with an empty list. Raises the same
+    clear errors as `load_weights_by_name` for missing or unreadable files.
+    """
+    with _Keras2File(filepath) as f:
+        return [(layer, [(w, tuple(ds.shape)) for w, ds in weights]) for layer, weights in f.groups()]
+
+
+# --------------------------------------------------------------------------- model side
+
+def _model_layers(model):
+    """Weight-carrying layers by name, descending into nested models.
+
+    Returns ({name: (layer, ancestors)}, {nested model name: model}); a layer
+    that is not a `keras.Model` is one unit however it stores its variables.
+    """
+    leaves, nested = {}, {}
+
+    def walk(container, ancestors):
+        for layer in container.layers:
+            if layer.name in leaves or layer.name in nested:
+                raise ValueError(f"Two layers of the model are named {layer.name!r}; loading and "
+                                 f"saving by name needs unique layer names.")
+            if isinstance(layer, keras.Model):
+                nested[layer.name] = layer
+                walk(layer, ancestors + (layer.name,))
+            elif layer.weights:
+                leaves[layer.name] = (layer, ancestors)
+
+    walk(model, ())
+    return leaves, nested
+
+
+def _short_name(weight_name):
+    """`rpn_model/rpn_conv_shared/kernel:0` -> `kernel`."""
+    return weight_name.rsplit("/", 1)[-1].split(":", 1)[0]
+
+
+def _pair(file_weights, variables):
+    """Pair file weights with a layer's variables: by short name when both sides
+    name the same unique set, else by order (Keras 2's rule)."""
+    file_short = [_short_name(w) for w, _ in file_weights]
+    var_short = [v.name for v in variables]
+    if len(set(file_short)) == len(file_short) and sorted(file_short) == sorted(var_short):
+        by_name = dict(zip(file_short, file_weights))
+        return [(by_name[v.name], v) for v in variables]
+    return list(zip(file_weights, variables))
+
+
+def _split_nested(group_name, file_weights, leaves):
+    """Split a nested-model group (`rpn_model`) into its sub-layers, by the
+    layer name inside each weight name (`rpn_conv_shared/kernel:0`)."""
+    inside = {name for name, (_, anc) in leaves.items() if group_name in anc}
+    parts = {}
+    for w, ds in file_weights:
+        components = w.split("/")[:-1]
+        leaf = next((c for c in components if c in inside), components[-1] if components else w)
+        parts.setdefault(leaf, []).append((w, ds))
+    return list(parts.items())
+
+
+def _res4_blocks(names):
+    return {m.group(1) for n in names if (m := _RES4_BLOCK.fullmatch(n))}
+
+
+def _check_backbone(path, file_names, model_names):
+    """Name a ResNet-50 / ResNet-101 mix-up instead of loading half a backbone.
+
+    A full Mask R-CNN file raises; a backbone-only file (matterport loads the
+    ResNet-50 ImageNet weights even into ResNet-101 models) only warns.
+    """
+    in_file, in_model = _res4_blocks(file_names), _res4_blocks(model_names)
+    if not in_file or not in_model or len(in_file) == len(in_model):
+        return
+
+    def describe(blocks):
+        n = len(blocks)
+        return (f"{_BACKBONE_NAMES.get(n, 'a ResNet')} (res4{min(blocks)}..res4{max(blocks)}, "
+                f"{n} res4 blocks)")
+
+    extra = sorted(in_file ^ in_model)[-1]
+    where = "is missing from the file" if len(in_file) < len(in_model) else "is not in the model"
+    message = (f"{path!r} holds a {describe(in_file)} backbone but the model is "
+               f"{describe(in_model)}: e.g. layer res4{extra}_branch2a {where}.")
+    full_model = any(n.startswith(("fpn_", "rpn_", "mrcnn_")) for n in file_names)
+    if full_model:
+        wanted = {6: "resnet50", 23: "resnet101"}.get(len(in_file))
+        fix = (f' Build the model with config BACKBONE = "{wanted}" to use this file.' if wanted
+               else " Build the model with the backbone the file was trained with.")
+        raise ValueError(message + fix)
+    warnings.warn(message + " The model's other backbone layers keep their initial values.",
+                  stacklevel=3)
+
+
+# --------------------------------------------------------------------------- loading
+
+def _expand_exclude(exclude):
+    if exclude is None:
+        return []
+    if isinstance(exclude, str):
+        exclude = [exclude]
+    names = []
+    for item in exclude:
+        names.extend(EXCLUDE_PRESETS.get(item, (item,)))
+    return list(dict.fromkeys(names))
+
+
+def _all_layer_names(model):
+    names = set()
+    for layer in model.layers:
+        names.add(layer.name)
+        if isinstance(layer, keras.Model):
+            names |= _all_layer_names(layer)
+    return names
+
+
+def load_weights_by_name(model, filepath, exclude=None, verbose=0):
+    """Set `model`'s weights from a Keras-2-layout HDF5 file, matching layers by name.
+
+    Loads matterport's files (``mask_rcnn_coco.h5``, ImageNet ResNet weights,
+    its checkpoints) and those of `save_weights_by_name`. Layers are matched
+    by name, also inside nested models such as ``rpn_model``, whatever layers
+    are frozen. `exclude` is a list of layer names (also inside ``rpn_model``)
+    or the preset ``"heads_for_new_classes"`` (mrcnn_class_logits,
+    mrcnn_bbox_fc, mrcnn_bbox, mrcnn_mask). All shape mismatches are reported
+    in one ValueError that names the ``exclude=[...]`` fixing them; nothing is
+    assigned unless everything fits. Returns a `LoadReport`.
+    """
+    exclude_names = _expand_exclude(exclude)
+    leaves, nested = _model_layers(model)
+    with _Keras2File(filepath) as f:
+        path = f.path
+        entries = []          # (file layer name, containing group, [(weight_name, dataset)])
+        for group_name, file_weights in f.groups():
+            if not file_weights:
+                continue
+            if group_name in nested:
+                entries.extend((leaf, group_name, ws)
+                               for leaf, ws in _split_nested(group_name, file_weights, leaves))
+            else:
+                entries.append((group_name, None, file_weights))
+        if not entries:
+            raise ValueError(f"{path!r} is a Keras-2-layout file but holds no weights.")
+
+        excluded = set(exclude_names)
+        known = _all_layer_names(model) | {name for e in entries for name in e[:2]}
+        unknown = [n for n in exclude_names if n not in known]
+        if unknown:
+            warnings.warn(f"exclude names no layer of the model or the file: {unknown}",
+                          stacklevel=2)
+
+        def is_excluded(leaf, group=None):       # by its own, its file group's or a parent's name
+            return bool(excluded.intersection({leaf, group, *leaves.get(leaf, (None, ()))[1]}))
+
+        kept = [e for e in entries if not is_excluded(*e[:2])]
+        skipped = list(dict.fromkeys(e[0] for e in entries if is_excluded(*e[:2])))
+        _check_backbone(path, [e[0] for e in kept], list(leaves))
+
+        matched = [e for e in kept if e[0] in leaves]
+        not_in_model = [e[0] for e in kept if e[0] not in leaves]
+        if not matched and not skipped:
+            raise ValueError(
+                f"No layer of {path!r} matches a layer of the model by name: the file has e.g. "
+                f"{not_in_model[:5]}, the model {list(leaves)[:5]}. Is it a weights file for "
+                f"this network (Keras applications' newer ResNet files use other names)?")
+
+        mismatches, assignments = [], []
+        for leaf, _, file_weights in matched:
+            variables = leaves[leaf][0].weights
+            if len(file_weights) != len(variables):
+                mismatches.append((leaf, f"the file has {len(file_weights)} weights "
+                                   f"{[tuple(ds.shape) for _, ds in file_weights]}, the model layer "
+                                   f"{len(variables)} {[tuple(v.shape) for v in variables]}"))
+                continue
+            pairs = _pair(file_weights, variables)
+            bad = [f"{w}: file {tuple(ds.shape)} vs model {tuple(v.shape)}"
+                   for (w, ds), v in pairs if tuple(ds.shape) != tuple(v.shape)]
+            if bad:
+                mismatches.append((leaf, "; ".join(bad)))
+            assignments.extend(pairs)
+        if mismatches:
+            raise ValueError(_mismatch_message(path, mismatches, exclude_names))
+
+        values = [(v, f.read(ds)) for (_, ds), v in assignments]
+    for variable, value in values:
+        variable.assign(np.asarray(value, dtype=variable.dtype))
+
+    loaded = [e[0] for e in matched]
+    missing = [name for name in leaves if name not in loaded and not is_excluded(name)]
+    report = LoadReport(path, loaded, skipped, not_in_model, missing)
+    if verbose:
+        print(f"Loaded {len(loaded)} layers from {path}")
+        for label, names in (("Excluded", skipped), ("In the file, not in the model", not_in_model),
+                             ("Not set by the file", missing)):
+            if names:
+                print(f"  {label} ({len(names)}): {', '.join(names)}")
+        if verbose > 1:
+            print(f"  Loaded: {', '.join(loaded)}")
+    return report
+
+
+def _mismatch_message(path, mismatches, exclude_names):
+    names = [leaf for leaf, _ in mismatches]
+    fix = list(dict.fromkeys(exclude_names + names))
+    lines = [f"{path!r} does not fit the model in {len(names)} layer(s); nothing was loaded:"]
+    lines += [f"  {leaf}: {detail}" for leaf, detail in mismatches]
+    lines.append(f"To keep the model's own initial values for them, load with exclude={fix!r}")
+    if set(names) <= set(EXCLUDE_PRESETS["heads_for_new_classes"]):
+        lines.append('(For a different NUM_CLASSES, exclude="heads_for_new_classes" covers these layers.)')
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- saving
+
+def _write_names(group, key, names):
+    """Write a name list like Keras 2, split into `<key>0..` past the header limit."""
+    encoded = [n.encode("utf8") for n in names]
+    data = np.array(encoded, dtype=f"S{max([1, *map(len, encoded)])}")
+    chunks = 1
+    while any(c.nbytes > HDF5_ATTR_LIMIT for c in np.array_split(data, chunks)):
+        chunks += 1
+    if chunks == 1:
+        group.attrs[key] = data
+    else:
+        for i, chunk in enumerate(np.array_split(data, chunks)):
+            group.attrs[f"{key}{i}"] = chunk
+
+
+def _layer_weights(layer):
+    """[(weight name as matterport writes it, variable)] for one top-level layer."""
+    if isinstance(layer, keras.Model):
+        leaves, _ = _model_layers(layer)
+        units = [(name, leaf) for name, (leaf, _) in leaves.items()]
+    else:
+        units = [(layer.name, layer)]
+    out = []
+    for name, unit in units:
+        short = [v.name for v in unit.weights]
+        for v in unit.weights:
+            # Short names are unique in matterport's layers; a custom layer with
+            # two `kernel`s falls back to the variable's path inside the layer.
+            tail = v.name if short.count(v.name) == 1 else v.path.split("/", 1)[-1]
+            out.append((f"{name}/{tail}:0", v))
+    return out
+
+
+def save_weights_by_name(model, filepath):
+    """Write `model`'s weights in the Keras 2 layout matterport writes, atomically.
+
+    Every top-level layer is listed in ``layer_names`` (those without weights
+    with an empty ``weight_names``); a nested model such as ``rpn_model`` is
+    one group with names like ``rpn_conv_shared/kernel:0``. The file is
+    written to a temporary name in the same folder, synced, then renamed, so
+    a crash never leaves a partial file under `filepath`.
+    """
+    filepath = os.fspath(filepath)
+    folder = os.path.dirname(os.path.abspath(filepath))
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(filepath)}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        with h5py.File(tmp, "w") as f:
+            _write_names(f, "layer_names", [layer.name for layer in model.layers])
+            # Fixed-length bytes, as Keras 2 under h5py 2 wrote them: readers call `.decode()`.
+            f.attrs["backend"] = np.bytes_(b"tensorflow")
+            f.attrs["keras_version"] = np.bytes_(KERAS2_VERSION.encode())
+            for layer in model.layers:
+                group = f.create_group(layer.name)
+                weights = _layer_weights(layer)
+                _write_names(group, "weight_names", [name for name, _ in weights])
+                for name, variable in weights:
+                    group.create_dataset(name, data=keras.ops.convert_to_numpy(variable))
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, filepath)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+    dir_fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
