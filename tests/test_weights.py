@@ -509,7 +509,7 @@ def test_matterport_file_loads_and_saves_back_identically(reference_file, tmp_pa
     assert_files_equal(out, path)
 
 
-def test_matterport_file_loads_into_the_inference_graph(reference_file):
+def test_matterport_file_loads_into_the_inference_graph(reference_file, tmp_path):
     graph = pytest.importorskip("mrcnn.graph", reason="mrcnn.graph (build_inference_model) not built yet")
     from mrcnn.config import Config
 
@@ -525,3 +525,12 @@ def test_matterport_file_loads_into_the_inference_graph(reference_file):
     report = W.load_weights_by_name(model, path)
     assert report.missing_from_file == [] and report.not_in_model == []
     assert_loaded_as_named(model, path)
+    # And back: the weights it writes are matterport's, name for name and bit for bit
+    # (layer order is free: loading goes by name).
+    out = tmp_path / "ours.h5"
+    W.save_weights_by_name(model, out)
+    mine, theirs = dict(read_keras2_way(out)), dict(read_keras2_way(path))
+    assert {n for n, ws in mine.items() if ws} == {n for n, ws in theirs.items() if ws}
+    for name, weights in theirs.items():
+        for (w1, a1), (w2, a2) in zip(mine.get(name, []), weights, strict=True):
+            assert w1 == w2 and a1.dtype == a2.dtype and a1.tobytes() == a2.tobytes(), w2
