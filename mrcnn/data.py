@@ -1,0 +1,665 @@
+"""Training data: ground truth per image, RPN and head targets, and batching.
+
+The numpy side of Mask R-CNN training, re-exported by `mrcnn.model` under
+matterport's names. For the same inputs and the same `np.random` state the
+functions return matterport's values (`np.random` is the only source of
+randomness, so `np.random.seed` makes a run repeatable). Where matterport
+crashed, looped forever or returned wrong values the docstring says what is
+done instead.
+
+Two ways to feed `keras.Model.fit`:
+- `data_generator(...)`: matterport's endless Python generator;
+- `MaskRCNNSequence(...)`: a `keras.utils.PyDataset` with the same batches by
+  index, loaded by worker threads (`workers=N`), reshuffled every epoch.
+"""
+
+import logging
+import math
+import warnings
+
+import keras
+import numpy as np
+
+from mrcnn import utils
+from mrcnn.backbone import compute_backbone_shapes
+from mrcnn.dataset import to_rgb_uint8
+
+logger = logging.getLogger(__name__)
+
+# imgaug augmenters that move pixels the same way in images and masks; the
+# others (colour, blur, noise...) are applied to images only.
+MASK_AUGMENTERS = ("Sequential", "SomeOf", "OneOf", "Sometimes", "Fliplr", "Flipud",
+                   "CropAndPad", "Affine", "PiecewiseAffine")
+
+# Images that may fail to load in a row (data_generator) or within one batch
+# (MaskRCNNSequence), each logged and replaced, before the error is raised.
+MAX_CONSECUTIVE_ERRORS = 5
+
+
+############################################################
+#  Image meta data and molding
+############################################################
+
+def compose_image_meta(image_id, original_image_shape, image_shape, window, scale,
+                       active_class_ids):
+    """Pack an image's attributes into one 1-D array (length 12 + NUM_CLASSES).
+
+    Layout: image_id, original [H, W, C], resized [H, W, C], window
+    (y1, x1, y2, x2) of the real image inside the padded one, scale, then one
+    0/1 flag per class telling whether the image's source has that class.
+    """
+    return np.array([image_id, *original_image_shape, *image_shape, *window, scale,
+                     *active_class_ids])
+
+
+def parse_image_meta(meta):
+    """Split image metas [batch, meta] (or one meta [meta]) into a dict of arrays."""
+    meta = np.asarray(meta)
+    return {
+        "image_id": meta[..., 0].astype(np.int32),
+        "original_image_shape": meta[..., 1:4].astype(np.int32),
+        "image_shape": meta[..., 4:7].astype(np.int32),
+        "window": meta[..., 7:11].astype(np.int32),
+        "scale": meta[..., 11].astype(np.float32),
+        "active_class_ids": meta[..., 12:].astype(np.int32),
+    }
+
+
+def mold_image(images, config):
+    """Subtract config.MEAN_PIXEL from RGB image(s); the network's input format."""
+    return np.asarray(images).astype(np.float32) - config.MEAN_PIXEL
+
+
+def unmold_image(normalized_images, config):
+    """Inverse of `mold_image`: uint8 image(s).
+
+    Rounds and clips; matterport truncated, which turned many values of a
+    float32 molded image into value - 1 and wrapped values outside 0..255.
+    """
+    return np.clip(np.rint(normalized_images + config.MEAN_PIXEL), 0, 255).astype(np.uint8)
+
+
+############################################################
+#  Anchors
+############################################################
+
+_ANCHOR_CACHE = {}
+
+
+def compute_anchors(config, image_shape):
+    """Anchors [N, (y1, x1, y2, x2)] in pixels for images of `image_shape`.
+
+    Cached per anchor configuration and shape; the array is read-only because
+    it is shared.
+    """
+    shapes = compute_backbone_shapes(config, image_shape)
+    key = (tuple(config.RPN_ANCHOR_SCALES), tuple(config.RPN_ANCHOR_RATIOS),
+           tuple(tuple(int(v) for v in s) for s in shapes), tuple(config.BACKBONE_STRIDES),
+           config.RPN_ANCHOR_STRIDE)
+    if key not in _ANCHOR_CACHE:
+        anchors = utils.generate_pyramid_anchors(
+            config.RPN_ANCHOR_SCALES, config.RPN_ANCHOR_RATIOS, shapes,
+            config.BACKBONE_STRIDES, config.RPN_ANCHOR_STRIDE)
+        anchors.flags.writeable = False
+        _ANCHOR_CACHE[key] = anchors
+    return _ANCHOR_CACHE[key]
+
+
+############################################################
+#  Ground truth of one image
+############################################################
+
+def load_image_gt(dataset, config, image_id, augmentation=None, use_mini_mask=None, *,
+                  augment=False):
+    """Load an image and its instances, resized and augmented for training.
+
+    augmentation: an imgaug augmenter (anything with `to_deterministic`) or a
+        callable `(image, masks) -> (image, masks)` taking and returning an
+        image [H, W, C] and bool masks [H, W, N]; it must keep the image shape
+        and the number of masks (float masks are thresholded at 0.5).
+    use_mini_mask: None means config.USE_MINI_MASK (matterport's default was
+        False).
+    augment: deprecated, a random horizontal flip; use `augmentation`.
+
+    Returns image [H, W, C] (uint8 for 3-channel configs), image_meta (see
+    `compose_image_meta`), class_ids [N] int32, bbox [N, (y1, x1, y2, x2)]
+    int32 and bool masks [H, W, N] (or [*MINI_MASK_SHAPE, N]). Instances whose
+    mask is empty after resizing or augmentation are dropped together with
+    their class id. Negative class ids (COCO crowds) are kept.
+
+    Raises ValueError naming the image when load_image/load_mask return data
+    that cannot be used (mask size differing from the image, class ids out of
+    range, mask and class id counts differing).
+    """
+    if use_mini_mask is None:
+        use_mini_mask = config.USE_MINI_MASK
+    _check_dataset(dataset, config)
+    image = _checked_image(dataset.load_image(image_id), image_id, config)
+    mask, class_ids = _checked_mask(*dataset.load_mask(image_id), image, image_id, config)
+    original_shape = image.shape
+    image, window, scale, padding, crop = utils.resize_image(
+        image, min_dim=config.IMAGE_MIN_DIM, min_scale=config.IMAGE_MIN_SCALE,
+        max_dim=config.IMAGE_MAX_DIM, mode=config.IMAGE_RESIZE_MODE)
+    mask = utils.resize_mask(mask, scale, padding, crop)
+
+    if augment:
+        warnings.warn("load_image_gt: 'augment' is deprecated; use 'augmentation', e.g. "
+                      "lambda image, masks: (image[:, ::-1], masks[:, ::-1]).", FutureWarning,
+                      stacklevel=2)
+        if np.random.randint(2):
+            image, mask = np.fliplr(image), np.fliplr(mask)
+    if augmentation is not None:
+        image, mask = _augment(image, mask, augmentation, image_id)
+
+    keep = np.any(mask, axis=(0, 1))
+    mask, class_ids = mask[:, :, keep], class_ids[keep]
+    bbox = utils.extract_bboxes(mask)
+
+    # Classes of the image's source: the classifier loss ignores the others.
+    active_class_ids = np.zeros([dataset.num_classes], dtype=np.int32)
+    active_class_ids[dataset.source_class_ids[dataset.image_info[image_id]["source"]]] = 1
+
+    if use_mini_mask:
+        mask = utils.minimize_mask(bbox, mask, config.MINI_MASK_SHAPE)
+
+    image_meta = compose_image_meta(image_id, original_shape, image.shape, window, scale,
+                                    active_class_ids)
+    return image, image_meta, class_ids, bbox, mask
+
+
+def _check_dataset(dataset, config):
+    """Raise ValueError when the dataset is not prepared or its classes do not fit the config."""
+    if getattr(dataset, "num_classes", None) is None:
+        raise ValueError("The dataset is not prepared; call dataset.prepare() first.")
+    if dataset.num_classes != config.NUM_CLASSES:
+        raise ValueError(f"The dataset has {dataset.num_classes} classes (background included) but "
+                         f"{type(config).__name__}.NUM_CLASSES is {config.NUM_CLASSES}. Set "
+                         f"NUM_CLASSES = {dataset.num_classes} or register the missing classes.")
+    if len(dataset.image_ids) == 0:
+        raise ValueError("The dataset has no images; add_image() some before training.")
+
+
+def _checked_image(image, image_id, config):
+    """The loaded image as [H, W, IMAGE_CHANNEL_COUNT] (uint8 RGB for 3 channels)."""
+    if config.IMAGE_CHANNEL_COUNT == 3:
+        return to_rgb_uint8(image, f"Image {image_id} (from load_image)")
+    image = np.asarray(image)
+    if image.ndim == 2 and config.IMAGE_CHANNEL_COUNT == 1:
+        image = image[:, :, np.newaxis]
+    if image.ndim != 3 or image.shape[-1] != config.IMAGE_CHANNEL_COUNT:
+        raise ValueError(f"Image {image_id}: load_image returned shape {image.shape} but "
+                         f"IMAGE_CHANNEL_COUNT is {config.IMAGE_CHANNEL_COUNT}. Return "
+                         f"[H, W, {config.IMAGE_CHANNEL_COUNT}] images or change the config.")
+    return image
+
+
+def _checked_mask(mask, class_ids, image, image_id, config):
+    """Validate load_mask's output; returns bool masks [H, W, N] and int32 class ids [N]."""
+    where = f"Image {image_id}: load_mask returned"
+    class_ids = np.asarray(class_ids).reshape(-1)
+    mask = np.asarray(mask)
+    if mask.ndim != 3:
+        raise ValueError(f"{where} masks of shape {mask.shape}. Return [H, W, N] masks, one "
+                         "channel per instance (mask[..., np.newaxis] for a single instance).")
+    if mask.shape[-1] != class_ids.shape[0]:
+        raise ValueError(f"{where} {mask.shape[-1]} masks but {class_ids.shape[0]} class ids. "
+                         "Return one class id per mask channel.")
+    if class_ids.shape[0] == 0:  # no instances: any (e.g. the base class's 0x0x0) mask will do
+        return np.zeros(image.shape[:2] + (0,), bool), class_ids.astype(np.int32)
+    if mask.shape[:2] != image.shape[:2]:
+        raise ValueError(f"{where} masks of size {mask.shape[:2]} for an image of size "
+                         f"{image.shape[:2]}. Return masks the size of the image returned "
+                         "by load_image.")
+    if class_ids.dtype.kind not in "iu" and (
+            class_ids.dtype.kind != "f" or not np.array_equal(class_ids, np.round(class_ids))):
+        raise ValueError(f"{where} non-integer class ids {class_ids}. Return int32 class ids.")
+    class_ids = class_ids.astype(np.int32)
+    bad = (np.abs(class_ids) < 1) | (np.abs(class_ids) >= config.NUM_CLASSES)
+    if np.any(bad):
+        raise ValueError(f"{where} class ids {sorted(set(class_ids[bad].tolist()))} outside "
+                         f"1..{config.NUM_CLASSES - 1} (NUM_CLASSES is {config.NUM_CLASSES}; "
+                         "0 is the background, negative ids mark COCO crowds). Return ids of "
+                         "classes registered with add_class, or raise NUM_CLASSES.")
+    return mask.astype(bool), class_ids
+
+
+def _augment(image, mask, augmentation, image_id):
+    """Apply an imgaug augmenter or an `(image, masks)` callable to an image and its masks."""
+    shape, count = image.shape, mask.shape[-1]
+    if hasattr(augmentation, "to_deterministic"):
+        import imgaug  # optional dependency, already imported by whoever built the augmenter
+
+        def mask_safe(images, augmenter, parents, default):
+            """Only geometric augmenters touch the masks."""
+            return augmenter.__class__.__name__ in MASK_AUGMENTERS
+
+        det = augmentation.to_deterministic()
+        image = det.augment_image(image)
+        if count:
+            mask = det.augment_image(mask.astype(np.uint8),
+                                     hooks=imgaug.HooksImages(activator=mask_safe))
+    elif callable(augmentation):
+        image, mask = augmentation(image, mask)
+        image, mask = np.asarray(image), np.asarray(mask)
+    else:
+        raise ValueError(f"augmentation must be an imgaug augmenter or a callable "
+                         f"(image, masks) -> (image, masks), got {type(augmentation).__name__}.")
+    if image.shape != shape:
+        raise ValueError(f"Image {image_id}: augmentation changed the image shape from {shape} "
+                         f"to {image.shape}. Use augmenters that keep the size (e.g. "
+                         "CropAndPad(keep_size=True)); resizing is done by the config.")
+    if mask.ndim != 3 or mask.shape != shape[:2] + (count,):
+        raise ValueError(f"Image {image_id}: augmentation returned masks of shape {mask.shape}, "
+                         f"expected {shape[:2] + (count,)}. Return all masks, even emptied ones "
+                         "(empty masks are dropped with their class ids).")
+    return image, (mask >= 0.5 if mask.dtype.kind == "f" else mask.astype(bool))
+
+
+############################################################
+#  Targets
+############################################################
+
+def build_rpn_targets(image_shape, anchors, gt_class_ids, gt_boxes, config):
+    """RPN training targets: anchor matches and the deltas of positive anchors.
+
+    anchors: [A, (y1, x1, y2, x2)] pixels; gt_boxes: [N, (y1, x1, y2, x2)].
+    An anchor is positive (1) when its IoU with a GT box is >= 0.7 or it is
+    (one of) the best anchors of a GT box, negative (-1) when its best IoU is
+    < 0.3, neutral (0) otherwise. Crowd boxes (negative class ids) are not
+    matched, and anchors touching a crowd (IoU >= 0.001) are never negative.
+    Positives are cut at random to RPN_TRAIN_ANCHORS_PER_IMAGE // 2 and
+    negatives to fill RPN_TRAIN_ANCHORS_PER_IMAGE.
+
+    Returns rpn_match [A] int32 and rpn_bbox [RPN_TRAIN_ANCHORS_PER_IMAGE,
+    (dy, dx, log(dh), log(dw))] / RPN_BBOX_STD_DEV (float64), one row per
+    positive anchor in anchor order, zero padded.
+
+    Unlike matterport, a GT box that overlaps no anchor at all (IoU 0, e.g. a
+    zero-area box) does not turn every anchor positive with infinite deltas,
+    and an image whose boxes are all crowds gives only negatives instead of
+    crashing.
+    """
+    gt_class_ids = np.asarray(gt_class_ids).reshape(-1)
+    gt_boxes = np.asarray(gt_boxes).reshape(-1, 4)
+    rpn_match = np.zeros([anchors.shape[0]], dtype=np.int32)
+    rpn_bbox = np.zeros((config.RPN_TRAIN_ANCHORS_PER_IMAGE, 4))
+
+    crowd = gt_class_ids < 0
+    if np.any(crowd):
+        crowd_iou_max = np.amax(utils.compute_overlaps(anchors, gt_boxes[crowd]), axis=1)
+        no_crowd = crowd_iou_max < 0.001
+        gt_boxes = gt_boxes[gt_class_ids > 0]
+    else:
+        no_crowd = np.ones([anchors.shape[0]], dtype=bool)
+
+    overlaps = utils.compute_overlaps(anchors, gt_boxes)
+    if gt_boxes.shape[0]:
+        anchor_iou_argmax = np.argmax(overlaps, axis=1)
+        anchor_iou_max = overlaps[np.arange(overlaps.shape[0]), anchor_iou_argmax]
+    else:
+        anchor_iou_argmax = np.zeros([anchors.shape[0]], dtype=np.int64)
+        anchor_iou_max = np.zeros([anchors.shape[0]])
+    # Negatives first: a GT box's best anchor overrides them below.
+    rpn_match[(anchor_iou_max < 0.3) & no_crowd] = -1
+    # Every GT box gets its best anchor(s), whatever their IoU (ties all match).
+    best = np.max(overlaps, axis=0, initial=0)
+    ties = (overlaps == best) & (best > 0)
+    rpn_match[np.nonzero(np.any(ties, axis=1))[0]] = 1
+    rpn_match[anchor_iou_max >= 0.7] = 1
+
+    # Balance: at most half positives, negatives fill up the rest.
+    ids = np.where(rpn_match == 1)[0]
+    extra = len(ids) - config.RPN_TRAIN_ANCHORS_PER_IMAGE // 2
+    if extra > 0:
+        rpn_match[np.random.choice(ids, extra, replace=False)] = 0
+    ids = np.where(rpn_match == -1)[0]
+    extra = len(ids) - (config.RPN_TRAIN_ANCHORS_PER_IMAGE - np.sum(rpn_match == 1))
+    if extra > 0:
+        rpn_match[np.random.choice(ids, extra, replace=False)] = 0
+
+    # Deltas from each positive anchor to its closest GT box (computed in
+    # float64 like matterport, not with the float32 utils.box_refinement).
+    ids = np.where(rpn_match == 1)[0]
+    a = anchors[ids]
+    gt = gt_boxes[anchor_iou_argmax[ids]]
+    gt_h = gt[:, 2] - gt[:, 0]
+    gt_w = gt[:, 3] - gt[:, 1]
+    a_h = a[:, 2] - a[:, 0]
+    a_w = a[:, 3] - a[:, 1]
+    deltas = np.stack([
+        ((gt[:, 0] + 0.5 * gt_h) - (a[:, 0] + 0.5 * a_h)) / a_h,
+        ((gt[:, 1] + 0.5 * gt_w) - (a[:, 1] + 0.5 * a_w)) / a_w,
+        np.log(gt_h / a_h),
+        np.log(gt_w / a_w),
+    ], axis=1)
+    rpn_bbox[:len(ids)] = deltas / np.asarray(config.RPN_BBOX_STD_DEV)
+    return rpn_match, rpn_bbox
+
+
+def generate_random_rois(image_shape, count, gt_class_ids, gt_boxes):
+    """`count` random RoIs [count, (y1, x1, y2, x2)] int32, standing in for RPN proposals.
+
+    90% are spread over the GT boxes, each drawn inside its box grown by its
+    own size on every side; the rest lie anywhere in the image. All have
+    non-zero height and width.
+    """
+    gt_boxes = np.asarray(gt_boxes)
+    if gt_boxes.shape[0] == 0:
+        raise ValueError("generate_random_rois needs at least one GT box.")
+    if np.any(gt_boxes[:, 2] <= gt_boxes[:, 0]) or np.any(gt_boxes[:, 3] <= gt_boxes[:, 1]):
+        raise ValueError("generate_random_rois: GT boxes must have non-zero height and width.")
+    rois = np.zeros((count, 4), dtype=np.int32)
+    per_box = int(0.9 * count / gt_boxes.shape[0])
+    for i, (y1, x1, y2, x2) in enumerate(gt_boxes):
+        h, w = y2 - y1, x2 - x1
+        rois[per_box * i:per_box * (i + 1)] = _random_boxes(
+            max(y1 - h, 0), min(y2 + h, image_shape[0]),
+            max(x1 - w, 0), min(x2 + w, image_shape[1]), per_box)
+    remaining = count - per_box * gt_boxes.shape[0]
+    rois[-remaining:] = _random_boxes(0, image_shape[0], 0, image_shape[1], remaining)
+    return rois
+
+
+def _random_boxes(y_lo, y_hi, x_lo, x_hi, n):
+    """n boxes with corners drawn in [lo, hi), zero-size draws rejected (matterport's sampling)."""
+    while True:
+        ys = np.random.randint(y_lo, y_hi, (n * 2, 2))
+        xs = np.random.randint(x_lo, x_hi, (n * 2, 2))
+        ys = ys[ys[:, 0] != ys[:, 1]][:n]
+        xs = xs[xs[:, 0] != xs[:, 1]][:n]
+        if ys.shape[0] == n and xs.shape[0] == n:
+            break
+    ys, xs = np.sort(ys, axis=1), np.sort(xs, axis=1)
+    return np.stack([ys[:, 0], xs[:, 0], ys[:, 1], xs[:, 1]], axis=1)
+
+
+def build_detection_targets(rpn_rois, gt_class_ids, gt_boxes, gt_masks, config):
+    """Targets of the classifier and mask heads for given RoIs (numpy version).
+
+    Used by `data_generator(detection_targets=True)` to inspect or to train the
+    heads without the graph's DetectionTargetLayer. RoIs with IoU > 0.5 with a
+    GT box are positive (at most TRAIN_ROIS_PER_IMAGE * ROI_POSITIVE_RATIO),
+    those < 0.5 negative; missing rows repeat sampled negatives. Crowds
+    (negative class ids) are ignored.
+
+    rpn_rois: [R, (y1, x1, y2, x2)] pixels; gt_masks: [H, W, N] full or mini
+    masks (per config.USE_MINI_MASK).
+    Returns rois [T, 4], class_ids [T] int32, deltas [T, NUM_CLASSES, 4]
+    / BBOX_STD_DEV (float32, only at the RoI's class) and masks
+    [T, *MASK_SHAPE, NUM_CLASSES] float32, T = TRAIN_ROIS_PER_IMAGE.
+    Where matterport failed because no RoI was negative, positives are repeated.
+    """
+    rpn_rois = np.asarray(rpn_rois)
+    gt_class_ids = np.asarray(gt_class_ids, dtype=np.int32)
+    gt_boxes = np.asarray(gt_boxes, dtype=np.int32)
+    gt_masks = np.asarray(gt_masks).astype(bool)
+    if rpn_rois.shape[0] == 0:
+        raise ValueError("build_detection_targets needs at least one RoI.")
+    instance_ids = np.where(gt_class_ids > 0)[0]
+    if instance_ids.shape[0] == 0:
+        raise ValueError("build_detection_targets: the image has no (non-crowd) instance.")
+    gt_class_ids = gt_class_ids[instance_ids]
+    gt_boxes = gt_boxes[instance_ids]
+    gt_masks = gt_masks[:, :, instance_ids]
+
+    overlaps = utils.compute_overlaps(rpn_rois, gt_boxes)
+    roi_iou_argmax = np.argmax(overlaps, axis=1)
+    roi_iou_max = overlaps[np.arange(overlaps.shape[0]), roi_iou_argmax]
+    roi_gt_boxes = gt_boxes[roi_iou_argmax]
+    roi_gt_class_ids = gt_class_ids[roi_iou_argmax]
+
+    fg_ids = np.where(roi_iou_max > 0.5)[0]
+    bg_ids = np.where(roi_iou_max < 0.5)[0]
+    fg_count = int(config.TRAIN_ROIS_PER_IMAGE * config.ROI_POSITIVE_RATIO)
+    keep_fg_ids = (np.random.choice(fg_ids, fg_count, replace=False)
+                   if fg_ids.shape[0] > fg_count else fg_ids)
+    remaining = config.TRAIN_ROIS_PER_IMAGE - keep_fg_ids.shape[0]
+    keep_bg_ids = (np.random.choice(bg_ids, remaining, replace=False)
+                   if bg_ids.shape[0] > remaining else bg_ids)
+    keep = np.concatenate([keep_fg_ids, keep_bg_ids])
+    remaining = config.TRAIN_ROIS_PER_IMAGE - keep.shape[0]
+    if remaining > 0:
+        pool = keep_bg_ids if keep_bg_ids.shape[0] else keep
+        if pool.shape[0] == 0:
+            raise ValueError("build_detection_targets: every RoI has IoU exactly 0.5 with a GT "
+                             "box, so none is positive or negative.")
+        keep = np.concatenate([keep, np.random.choice(pool, remaining, replace=True)])
+
+    roi_gt_boxes[keep_bg_ids] = 0
+    roi_gt_class_ids[keep_bg_ids] = 0
+    rois = rpn_rois[keep]
+    roi_gt_boxes = roi_gt_boxes[keep]
+    roi_gt_class_ids = roi_gt_class_ids[keep]
+    roi_gt_assignment = roi_iou_argmax[keep]
+
+    bboxes = np.zeros((config.TRAIN_ROIS_PER_IMAGE, config.NUM_CLASSES, 4), dtype=np.float32)
+    pos_ids = np.where(roi_gt_class_ids > 0)[0]
+    bboxes[pos_ids, roi_gt_class_ids[pos_ids]] = utils.box_refinement(
+        rois[pos_ids], roi_gt_boxes[pos_ids, :4])
+    bboxes /= config.BBOX_STD_DEV
+
+    masks = np.zeros((config.TRAIN_ROIS_PER_IMAGE, config.MASK_SHAPE[0], config.MASK_SHAPE[1],
+                      config.NUM_CLASSES), dtype=np.float32)
+    for i in pos_ids:
+        gt_id = roi_gt_assignment[i]
+        class_mask = gt_masks[:, :, gt_id]
+        if config.USE_MINI_MASK:
+            full = np.zeros(config.IMAGE_SHAPE[:2], dtype=bool)
+            y1, x1, y2, x2 = gt_boxes[gt_id]
+            full[y1:y2, x1:x2] = np.round(utils.resize(class_mask, (y2 - y1, x2 - x1))).astype(bool)
+            class_mask = full
+        y1, x1, y2, x2 = rois[i].astype(np.int32)
+        masks[i, :, :, roi_gt_class_ids[i]] = utils.resize(class_mask[y1:y2, x1:x2],
+                                                           config.MASK_SHAPE)
+    return rois, roi_gt_class_ids, bboxes, masks
+
+
+############################################################
+#  Batching
+############################################################
+
+def _load_sample(dataset, config, image_id, anchors, augmentation, random_rois,
+                 detection_targets, augment=False):
+    """One image's training arrays, or None when it has no (non-crowd) instance."""
+    image, image_meta, gt_class_ids, gt_boxes, gt_masks = load_image_gt(
+        dataset, config, image_id, augmentation=augmentation,
+        use_mini_mask=config.USE_MINI_MASK, augment=augment)
+    if not np.any(gt_class_ids > 0):
+        return None
+    rpn_match, rpn_bbox = build_rpn_targets(image.shape, anchors, gt_class_ids, gt_boxes, config)
+    extra = []
+    if random_rois:
+        rpn_rois = generate_random_rois(image.shape, random_rois, gt_class_ids, gt_boxes)
+        extra.append(rpn_rois)
+        if detection_targets:
+            extra.extend(build_detection_targets(rpn_rois, gt_class_ids, gt_boxes, gt_masks,
+                                                 config))
+    if gt_boxes.shape[0] > config.MAX_GT_INSTANCES:
+        ids = np.random.choice(np.arange(gt_boxes.shape[0]), config.MAX_GT_INSTANCES,
+                               replace=False)
+        gt_class_ids, gt_boxes, gt_masks = gt_class_ids[ids], gt_boxes[ids], gt_masks[:, :, ids]
+    return [image, image_meta, rpn_match, rpn_bbox, gt_class_ids, gt_boxes, gt_masks] + extra
+
+
+def _collate(samples, config):
+    """Stack samples into matterport's (inputs, outputs) batch lists."""
+    shapes = {s[0].shape for s in samples}
+    if len(shapes) > 1:
+        raise ValueError(f"Images of one batch have different shapes {sorted(shapes)}. Use "
+                         "IMAGE_RESIZE_MODE 'square' or 'crop', or a batch size of 1.")
+    n, max_gt = len(samples), config.MAX_GT_INSTANCES
+    gt_class_ids = np.zeros((n, max_gt), dtype=np.int32)
+    gt_boxes = np.zeros((n, max_gt, 4), dtype=np.int32)
+    gt_masks = np.zeros((n,) + samples[0][6].shape[:2] + (max_gt,), dtype=bool)
+    for b, s in enumerate(samples):
+        count = s[4].shape[0]
+        gt_class_ids[b, :count] = s[4]
+        gt_boxes[b, :count] = s[5]
+        gt_masks[b, :, :, :count] = s[6]
+    inputs = [
+        np.stack([mold_image(s[0], config) for s in samples]).astype(np.float32),
+        np.stack([s[1] for s in samples]).astype(np.float64),
+        np.stack([s[2] for s in samples])[:, :, np.newaxis],
+        np.stack([s[3] for s in samples]),
+        gt_class_ids, gt_boxes, gt_masks,
+    ]
+    outputs = []
+    if len(samples[0]) > 7:
+        inputs.append(np.stack([s[7] for s in samples]))
+    if len(samples[0]) > 8:
+        inputs.append(np.stack([s[8] for s in samples]))
+        outputs = [np.stack([s[9] for s in samples])[:, :, np.newaxis],
+                   np.stack([s[10] for s in samples]),
+                   np.stack([s[11] for s in samples])]
+    return inputs, outputs
+
+
+def _describe(dataset, image_id):
+    """Image id with its source, source id and path, for log messages."""
+    info = dataset.image_info[image_id]
+    return f"{image_id} (source {info.get('source')!r}, id {info.get('id')!r}, path {info.get('path')!r})"
+
+
+def data_generator(dataset, config, shuffle=True, augment=False, augmentation=None,
+                   random_rois=0, batch_size=1, detection_targets=False,
+                   no_augmentation_sources=None):
+    """Endless generator of training batches `(inputs, outputs)`, as matterport's.
+
+    inputs: images [B, H, W, C] float32 (molded), image_meta [B, 12 + NUM_CLASSES]
+    float64, rpn_match [B, A, 1] int32, rpn_bbox [B, RPN_TRAIN_ANCHORS_PER_IMAGE, 4],
+    gt_class_ids [B, MAX_GT_INSTANCES] int32, gt_boxes [B, MAX_GT_INSTANCES, 4]
+    int32, gt_masks [B, h, w, MAX_GT_INSTANCES] bool; with random_rois > 0
+    also rpn_rois [B, random_rois, 4], and with detection_targets the
+    `build_detection_targets` rois as an input and class ids [B, T, 1], deltas
+    and masks as outputs (otherwise outputs is []).
+
+    The order is reshuffled after each pass when `shuffle`. Images without
+    instances are skipped (the count is logged). An image that fails to load
+    is logged with its traceback and skipped; after more than
+    MAX_CONSECUTIVE_ERRORS failures in a row the error is raised (matterport
+    counted all failures of the run and raised after six). Sources listed in
+    `no_augmentation_sources` get neither `augmentation` nor `augment`.
+    """
+    _check_dataset(dataset, config)
+    image_ids = np.copy(dataset.image_ids)
+    no_augmentation_sources = no_augmentation_sources or []
+    anchors = compute_anchors(config, config.IMAGE_SHAPE)
+    index, errors, skipped, empty_run = -1, 0, 0, 0
+    samples = []
+    while True:
+        index = (index + 1) % len(image_ids)
+        if shuffle and index == 0:
+            np.random.shuffle(image_ids)
+        image_id = image_ids[index]
+        plain = dataset.image_info[image_id]["source"] in no_augmentation_sources
+        try:
+            sample = _load_sample(dataset, config, image_id, anchors,
+                                  None if plain else augmentation, random_rois,
+                                  detection_targets, augment=augment and not plain)
+        except Exception as e:
+            errors += 1
+            logger.error("Error processing image %s; skipped.", _describe(dataset, image_id),
+                         exc_info=True)
+            if errors > MAX_CONSECUTIVE_ERRORS:
+                e.add_note(f"data_generator: {errors} images in a row failed to load; "
+                           "the last error is raised.")
+                raise
+            continue
+        errors = 0
+        if sample is None:
+            skipped += 1
+            empty_run += 1
+            logger.warning("Image %s has no instances; skipped (%d skipped so far).",
+                           _describe(dataset, image_id), skipped)
+            if empty_run >= 2 * len(image_ids):  # a whole shuffled pass had none
+                raise ValueError("data_generator: no image of the dataset has instances "
+                                 "(check load_mask and the class ids).")
+            continue
+        empty_run = 0
+        samples.append(sample)
+        if len(samples) == batch_size:
+            yield _collate(samples, config)
+            samples = []
+
+
+class MaskRCNNSequence(keras.utils.PyDataset):
+    """Training batches by index for `keras.Model.fit`, loaded by worker threads.
+
+    Item i is `(inputs,)`, or `(inputs, outputs)` with detection_targets,
+    with the tuples of `data_generator`, so `fit` calls `train_step` with
+    `data = (inputs,)` and no targets. `len()` is `steps` (default: enough
+    batches to cover the dataset once); the image order is a concatenation of
+    permutations of the dataset, reshuffled by `on_epoch_end` when `shuffle`.
+    An image without instances, or one that fails to load (logged with its
+    traceback), is replaced by the next image in the order, so every batch is
+    full; more than MAX_CONSECUTIVE_ERRORS failures in one batch raise the
+    error. Worker threads (`workers=N`, `use_multiprocessing=False`) never
+    hang on Windows as processes can.
+    """
+
+    def __init__(self, dataset, config, shuffle=True, augmentation=None,
+                 no_augmentation_sources=None, random_rois=0, detection_targets=False,
+                 batch_size=None, steps=None, workers=1, use_multiprocessing=False,
+                 max_queue_size=10):
+        super().__init__(workers=workers, use_multiprocessing=use_multiprocessing,
+                         max_queue_size=max_queue_size)
+        self.dataset = dataset
+        self.config = config
+        self.shuffle = shuffle
+        self.augmentation = augmentation
+        self.no_augmentation_sources = set(no_augmentation_sources or [])
+        self.random_rois = random_rois
+        self.detection_targets = detection_targets
+        self.batch_size = batch_size or config.BATCH_SIZE
+        _check_dataset(dataset, config)
+        self.image_ids = np.copy(dataset.image_ids)
+        self.steps = steps or math.ceil(len(self.image_ids) / self.batch_size)
+        self.anchors = compute_anchors(config, config.IMAGE_SHAPE)
+        self._order = self._new_order()
+
+    def _new_order(self):
+        """Image ids for every batch position: whole permutations of the dataset, concatenated."""
+        passes = math.ceil(self.steps * self.batch_size / len(self.image_ids))
+        perm = np.random.permutation if self.shuffle else np.copy
+        return np.concatenate([perm(self.image_ids) for _ in range(passes)])
+
+    def __len__(self):
+        return self.steps
+
+    def __getitem__(self, idx):
+        if not 0 <= idx < self.steps:
+            raise IndexError(f"batch {idx} out of range (len {self.steps})")
+        order = self._order
+        samples, errors, pos = [], 0, idx * self.batch_size
+        last = pos + 2 * len(self.image_ids) + self.batch_size  # spans a whole permutation
+        while len(samples) < self.batch_size:
+            if pos >= last:
+                raise ValueError("MaskRCNNSequence: no image of the dataset has instances "
+                                 "(check load_mask and the class ids).")
+            image_id = order[pos % len(order)]
+            pos += 1
+            plain = self.dataset.image_info[image_id]["source"] in self.no_augmentation_sources
+            try:
+                sample = _load_sample(self.dataset, self.config, image_id, self.anchors,
+                                      None if plain else self.augmentation, self.random_rois,
+                                      self.detection_targets)
+            except Exception as e:
+                errors += 1
+                logger.error("Error processing image %s; replaced by another image.",
+                             _describe(self.dataset, image_id), exc_info=True)
+                if errors > MAX_CONSECUTIVE_ERRORS:
+                    e.add_note(f"MaskRCNNSequence: {errors} images of batch {idx} failed to "
+                               "load; the last error is raised.")
+                    raise
+                continue
+            if sample is None:
+                logger.warning("Image %s has no instances; replaced by another image.",
+                               _describe(self.dataset, image_id))
+                continue
+            samples.append(sample)
+        inputs, outputs = _collate(samples, self.config)
+        return (tuple(inputs), tuple(outputs)) if outputs else (tuple(inputs),)
+
+    def on_epoch_end(self):
+        if self.shuffle:
+            self._order = self._new_order()
