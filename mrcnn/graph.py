@@ -1,0 +1,246 @@
+"""The Mask R-CNN training and inference graphs as Keras functional models.
+
+Both are built from the same layer names (matterport's), so weights move
+between them by name. The training model is a `TrainingModel`: its
+`train_step` sums the five loss outputs (weighted) and L2 weight decay.
+"""
+
+import keras
+import tensorflow as tf
+
+from mrcnn.backbone import compute_backbone_shapes, resnet_graph
+from mrcnn.config import LOSS_NAMES
+from mrcnn.graph_utils import GraphLayer, norm_boxes_graph
+from mrcnn.roi_heads import (DetectionBoxes, DetectionLayer, DetectionTargetLayer,
+                             MrcnnBboxLoss, MrcnnClassLoss, MrcnnMaskLoss,
+                             build_fpn_mask_graph, fpn_classifier_graph)
+from mrcnn.rpn import AnchorsLayer, ProposalLayer, RpnBboxLoss, RpnClassLoss, build_rpn_model
+
+
+@keras.saving.register_keras_serializable(package="mrcnn")
+class NormBoxes(GraphLayer):
+    """Pixel boxes [batch, N, 4] to normalised ones, using the height and
+    width of the image given as second input."""
+
+    def call(self, inputs):
+        boxes, image = inputs
+        return norm_boxes_graph(boxes, tf.shape(image)[1:3])
+
+    def compute_output_shape(self, input_shape):
+        return tuple(input_shape[0])
+
+
+def _feature_pyramid(input_image, config):
+    """Backbone and FPN: returns (rpn_feature_maps P2..P6, mrcnn_feature_maps P2..P5)."""
+    if callable(config.BACKBONE):
+        _, c2, c3, c4, c5 = config.BACKBONE(input_image, stage5=True, train_bn=config.TRAIN_BN)
+    else:
+        _, c2, c3, c4, c5 = resnet_graph(input_image, config.BACKBONE, stage5=True,
+                                         train_bn=config.TRAIN_BN)
+    size = config.TOP_DOWN_PYRAMID_SIZE
+    p5 = keras.layers.Conv2D(size, (1, 1), name="fpn_c5p5")(c5)
+    p4 = keras.layers.Add(name="fpn_p4add")([
+        keras.layers.UpSampling2D(size=(2, 2), name="fpn_p5upsampled")(p5),
+        keras.layers.Conv2D(size, (1, 1), name="fpn_c4p4")(c4)])
+    p3 = keras.layers.Add(name="fpn_p3add")([
+        keras.layers.UpSampling2D(size=(2, 2), name="fpn_p4upsampled")(p4),
+        keras.layers.Conv2D(size, (1, 1), name="fpn_c3p3")(c3)])
+    p2 = keras.layers.Add(name="fpn_p2add")([
+        keras.layers.UpSampling2D(size=(2, 2), name="fpn_p3upsampled")(p3),
+        keras.layers.Conv2D(size, (1, 1), name="fpn_c2p2")(c2)])
+    p2 = keras.layers.Conv2D(size, (3, 3), padding="same", name="fpn_p2")(p2)
+    p3 = keras.layers.Conv2D(size, (3, 3), padding="same", name="fpn_p3")(p3)
+    p4 = keras.layers.Conv2D(size, (3, 3), padding="same", name="fpn_p4")(p4)
+    p5 = keras.layers.Conv2D(size, (3, 3), padding="same", name="fpn_p5")(p5)
+    # P6 (subsampled P5) only feeds the RPN, for the largest anchors.
+    p6 = keras.layers.MaxPooling2D(pool_size=(1, 1), strides=2, name="fpn_p6")(p5)
+    return [p2, p3, p4, p5, p6], [p2, p3, p4, p5]
+
+
+def _rpn(rpn_feature_maps, config):
+    """The shared RPN on every level, concatenated: rpn_class_logits, rpn_class, rpn_bbox."""
+    rpn = build_rpn_model(config.RPN_ANCHOR_STRIDE, len(config.RPN_ANCHOR_RATIOS),
+                          config.TOP_DOWN_PYRAMID_SIZE)
+    per_level = [rpn(p) for p in rpn_feature_maps]
+    return [keras.layers.Concatenate(axis=1, name=name)(list(outputs))
+            for outputs, name in zip(zip(*per_level), ("rpn_class_logits", "rpn_class", "rpn_bbox"))]
+
+
+def _image_inputs(config):
+    return (keras.Input(shape=[None, None, config.IMAGE_SHAPE[2]], name="input_image"),
+            keras.Input(shape=[config.IMAGE_META_SIZE], name="input_image_meta"))
+
+
+def build_training_model(config):
+    """matterport's training graph as a `TrainingModel` named "mask_rcnn".
+
+    Inputs: input_image, input_image_meta, input_rpn_match, input_rpn_bbox,
+    input_gt_class_ids, input_gt_boxes (pixels), input_gt_masks (mini-masks
+    if USE_MINI_MASK), and input_roi (pixels) when USE_RPN_ROIS is False.
+    Outputs: rpn_class_logits, rpn_class, rpn_bbox, mrcnn_class_logits,
+    mrcnn_class, mrcnn_bbox, mrcnn_mask, rpn_rois (ROI), output_rois, then
+    the five losses (LOSS_NAMES order), each [1].
+    """
+    config.validate()
+    input_image, input_image_meta = _image_inputs(config)
+    input_rpn_match = keras.Input(shape=[None, 1], name="input_rpn_match", dtype="int32")
+    input_rpn_bbox = keras.Input(shape=[None, 4], name="input_rpn_bbox", dtype="float32")
+    input_gt_class_ids = keras.Input(shape=[None], name="input_gt_class_ids", dtype="int32")
+    input_gt_boxes = keras.Input(shape=[None, 4], name="input_gt_boxes", dtype="float32")
+    gt_boxes = NormBoxes(name="norm_gt_boxes")([input_gt_boxes, input_image])
+    mask_shape = config.MINI_MASK_SHAPE if config.USE_MINI_MASK else config.IMAGE_SHAPE[:2]
+    input_gt_masks = keras.Input(shape=[int(mask_shape[0]), int(mask_shape[1]), None],
+                                 name="input_gt_masks", dtype="bool")
+
+    rpn_feature_maps, mrcnn_feature_maps = _feature_pyramid(input_image, config)
+    anchors = AnchorsLayer(config.RPN_ANCHOR_SCALES, config.RPN_ANCHOR_RATIOS,
+                           compute_backbone_shapes(config, config.IMAGE_SHAPE),
+                           config.BACKBONE_STRIDES, config.RPN_ANCHOR_STRIDE,
+                           config.IMAGE_SHAPE, name="anchors")(input_image)
+    rpn_class_logits, rpn_class, rpn_bbox = _rpn(rpn_feature_maps, config)
+    rpn_rois = ProposalLayer(proposal_count=config.POST_NMS_ROIS_TRAINING,
+                             nms_threshold=config.RPN_NMS_THRESHOLD, config=config,
+                             name="ROI")([rpn_class, rpn_bbox, anchors])
+
+    inputs = [input_image, input_image_meta, input_rpn_match, input_rpn_bbox,
+              input_gt_class_ids, input_gt_boxes, input_gt_masks]
+    if config.USE_RPN_ROIS:
+        target_rois = rpn_rois
+    else:
+        input_rois = keras.Input(shape=[config.POST_NMS_ROIS_TRAINING, 4], name="input_roi",
+                                 dtype="int32")
+        inputs.append(input_rois)
+        target_rois = NormBoxes(name="norm_input_roi")([input_rois, input_image])
+
+    rois, target_class_ids, target_bbox, target_mask = DetectionTargetLayer(
+        config, name="proposal_targets")([target_rois, input_gt_class_ids, gt_boxes, input_gt_masks])
+    mrcnn_class_logits, mrcnn_class, mrcnn_bbox = fpn_classifier_graph(
+        rois, mrcnn_feature_maps, input_image_meta, config.POOL_SIZE, config.NUM_CLASSES,
+        train_bn=config.TRAIN_BN, fc_layers_size=config.FPN_CLASSIF_FC_LAYERS_SIZE)
+    mrcnn_mask = build_fpn_mask_graph(rois, mrcnn_feature_maps, input_image_meta,
+                                      config.MASK_POOL_SIZE, config.NUM_CLASSES,
+                                      train_bn=config.TRAIN_BN)
+    output_rois = keras.layers.Identity(name="output_rois")(rois)
+
+    losses = [
+        RpnClassLoss(name="rpn_class_loss")([input_rpn_match, rpn_class_logits]),
+        RpnBboxLoss(name="rpn_bbox_loss")([input_rpn_bbox, input_rpn_match, rpn_bbox]),
+        MrcnnClassLoss(name="mrcnn_class_loss")(
+            [target_class_ids, mrcnn_class_logits, input_image_meta]),
+        MrcnnBboxLoss(name="mrcnn_bbox_loss")([target_bbox, target_class_ids, mrcnn_bbox]),
+        MrcnnMaskLoss(name="mrcnn_mask_loss")([target_mask, target_class_ids, mrcnn_mask]),
+    ]
+    outputs = [rpn_class_logits, rpn_class, rpn_bbox, mrcnn_class_logits, mrcnn_class,
+               mrcnn_bbox, mrcnn_mask, rpn_rois, output_rois] + losses
+    return TrainingModel(inputs, outputs, loss_weights=config.LOSS_WEIGHTS,
+                         weight_decay=config.WEIGHT_DECAY, name="mask_rcnn")
+
+
+def build_inference_model(config):
+    """matterport's inference graph as a keras.Model named "mask_rcnn".
+
+    Inputs: input_image, input_image_meta, input_anchors (normalised,
+    [batch, anchors, 4]). Outputs: detections [batch,
+    DETECTION_MAX_INSTANCES, (y1, x1, y2, x2, class_id, score)] (normalised),
+    mrcnn_class, mrcnn_bbox, mrcnn_mask (for the detections), rpn_rois,
+    rpn_class, rpn_bbox.
+    """
+    config.validate()
+    input_image, input_image_meta = _image_inputs(config)
+    input_anchors = keras.Input(shape=[None, 4], name="input_anchors")
+
+    rpn_feature_maps, mrcnn_feature_maps = _feature_pyramid(input_image, config)
+    _, rpn_class, rpn_bbox = _rpn(rpn_feature_maps, config)
+    rpn_rois = ProposalLayer(proposal_count=config.POST_NMS_ROIS_INFERENCE,
+                             nms_threshold=config.RPN_NMS_THRESHOLD, config=config,
+                             name="ROI")([rpn_class, rpn_bbox, input_anchors])
+    _, mrcnn_class, mrcnn_bbox = fpn_classifier_graph(
+        rpn_rois, mrcnn_feature_maps, input_image_meta, config.POOL_SIZE, config.NUM_CLASSES,
+        train_bn=config.TRAIN_BN, fc_layers_size=config.FPN_CLASSIF_FC_LAYERS_SIZE)
+    detections = DetectionLayer(config, name="mrcnn_detection")(
+        [rpn_rois, mrcnn_class, mrcnn_bbox, input_image_meta])
+    detection_boxes = DetectionBoxes(name="detection_boxes")(detections)
+    mrcnn_mask = build_fpn_mask_graph(detection_boxes, mrcnn_feature_maps, input_image_meta,
+                                      config.MASK_POOL_SIZE, config.NUM_CLASSES,
+                                      train_bn=config.TRAIN_BN)
+    return keras.Model([input_image, input_image_meta, input_anchors],
+                       [detections, mrcnn_class, mrcnn_bbox, mrcnn_mask, rpn_rois, rpn_class,
+                        rpn_bbox], name="mask_rcnn")
+
+
+@keras.saving.register_keras_serializable(package="mrcnn")
+class TrainingModel(keras.Model):
+    """Functional model whose outputs include the five loss layers.
+
+    `train_step` minimises sum(LOSS_WEIGHTS[name] * mean(loss output)) plus
+    matterport's L2 term WEIGHT_DECAY * sum(w**2) / size(w) over the
+    trainable weights except BatchNorm gamma/beta (kernels and biases, as
+    matterport), with the optimizer given to `compile` (set clipnorm there).
+    Losses are recomputed from the trainable weights at every (re)compile,
+    so changing `trainable` and compiling again changes which weights train
+    and decay, never how the losses are defined.
+
+    "loss" (the total) and each weighted loss are reported through
+    `keras.metrics.Mean` trackers, so they appear by name in the progress
+    bar, History and TensorBoard; `test_step` reports the same (with
+    training=False). Under tf.distribute each replica's loss is divided by
+    the replica count before its gradients are summed across replicas.
+    """
+
+    def __init__(self, *args, loss_weights=None, weight_decay=0.0, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.loss_weights = {name: float((loss_weights or {}).get(name, 1.0))
+                             for name in LOSS_NAMES}
+        self.weight_decay = float(weight_decay)
+        self.loss_trackers = [keras.metrics.Mean(name=name) for name in ("loss",) + LOSS_NAMES]
+
+    @property
+    def metrics(self):
+        return list(self.loss_trackers)
+
+    def _loss_values(self, x, training):
+        """Total loss and the weighted losses by name, for one (replica) batch."""
+        outputs = dict(zip(self.output_names, self(x, training=training)))
+        losses = {name: tf.reduce_mean(outputs[name]) * self.loss_weights[name]
+                  for name in LOSS_NAMES}
+        decayed = [tf.reduce_sum(tf.square(w)) / tf.cast(tf.size(w), w.dtype)
+                   for w in self.trainable_weights if w.name not in ("gamma", "beta")]
+        total = tf.add_n(list(losses.values()))
+        if decayed and self.weight_decay:
+            total += self.weight_decay * tf.add_n(decayed)
+        return total, losses
+
+    def _report_losses(self, total, losses):
+        values = [total] + [losses[name] for name in LOSS_NAMES]
+        for tracker, value in zip(self.loss_trackers, values):
+            tracker.update_state(value)
+        return {tracker.name: tracker.result() for tracker in self.loss_trackers}
+
+    def train_step(self, data):
+        x, _, _ = keras.utils.unpack_x_y_sample_weight(data)
+        weights = self.trainable_weights
+        with tf.GradientTape() as tape:
+            total, losses = self._loss_values(x, training=True)
+            replicas = tf.distribute.get_strategy().num_replicas_in_sync
+            scaled = self.optimizer.scale_loss(total / replicas)
+        self.optimizer.apply_gradients(zip(tape.gradient(scaled, weights), weights))
+        return self._report_losses(total, losses)
+
+    def test_step(self, data):
+        x, _, _ = keras.utils.unpack_x_y_sample_weight(data)
+        return self._report_losses(*self._loss_values(x, training=False))
+
+    def get_config(self):
+        return {**super().get_config(), "loss_weights": self.loss_weights,
+                "weight_decay": self.weight_decay}
+
+    @classmethod
+    def from_config(cls, config, custom_objects=None):
+        config = dict(config)
+        settings = {key: config.pop(key) for key in ("loss_weights", "weight_decay")
+                    if key in config}
+        model = super().from_config(config, custom_objects=custom_objects)
+        model.loss_weights = {name: float(settings.get("loss_weights", {}).get(name, 1.0))
+                              for name in LOSS_NAMES}
+        model.weight_decay = float(settings.get("weight_decay", 0.0))
+        return model

@@ -1,0 +1,486 @@
+"""Second stage: RoI sampling, RoIAlign, classifier/box and mask heads,
+detection post-processing, and the head losses."""
+
+import keras
+import tensorflow as tf
+
+from mrcnn.backbone import BatchNorm, bn_training, is_symbolic
+from mrcnn.graph_utils import (GraphLayer, LossLayer, apply_box_deltas_graph, box_refinement_graph,
+                               clip_boxes_graph, mean_or_zero, norm_boxes_graph,
+                               overlaps_graph, parse_image_meta_graph, setting,
+                               smooth_l1_loss, trim_zeros_graph)
+
+
+def _static_or_dynamic_shape(x):
+    """x's shape as a list: static dims as ints, unknown ones as scalar tensors."""
+    dynamic = tf.shape(x)
+    return [d if d is not None else dynamic[i] for i, d in enumerate(x.shape)]
+
+
+############################################################
+#  RoIAlign
+############################################################
+
+@keras.saving.register_keras_serializable(package="mrcnn")
+class PyramidROIAlign(GraphLayer):
+    """RoIAlign over the feature pyramid.
+
+    Each box goes to level k = 4 + round(log2(sqrt(h*w) / (224/sqrt(image
+    area)))), clipped to [2, 5], with h, w normalised (matterport's
+    adaptation of FPN eq. 1; `round` is TF's half-to-even), and is cropped
+    from P_k with `tf.image.crop_and_resize` (one bilinear sample per bin).
+    Zero-size (padding) and NaN boxes go to P2. No gradient flows to the boxes.
+
+    Inputs: boxes [batch, num_boxes, (y1, x1, y2, x2)] normalised,
+    image_meta [batch, meta] (the first image's shape is used for all),
+    then the feature maps P2..P5 [batch, height, width, channels].
+    Output: [batch, num_boxes, pool_height, pool_width, channels].
+    """
+
+    def __init__(self, pool_shape, **kwargs):
+        super().__init__(**kwargs)
+        self.pool_shape = tuple(int(s) for s in pool_shape)
+
+    def call(self, inputs):
+        boxes = tf.stop_gradient(tf.cast(inputs[0], tf.float32))
+        image_meta, feature_maps = inputs[1], inputs[2:]
+        shape = _static_or_dynamic_shape(boxes)
+        num_boxes = shape[1]
+
+        h = boxes[..., 2] - boxes[..., 0]
+        w = boxes[..., 3] - boxes[..., 1]
+        image_shape = tf.cast(parse_image_meta_graph(image_meta)["image_shape"][0], tf.float32)
+        image_area = image_shape[0] * image_shape[1]
+        roi_level = tf.math.log(tf.sqrt(h * w) / (224.0 / tf.sqrt(image_area))) / tf.math.log(2.0)
+        # Clipping before the cast keeps log2(0) = -inf (padding) well defined;
+        # a NaN box (diverged training) goes to P2 rather than nowhere.
+        roi_level = tf.clip_by_value(4.0 + tf.round(roi_level), 2.0, 5.0)
+        roi_level = tf.cast(tf.where(tf.math.is_nan(roi_level), 2.0, roi_level), tf.int32)
+
+        flat_boxes = tf.reshape(boxes, [-1, 4])
+        flat_levels = tf.reshape(roi_level, [-1])
+        pooled, order = [], []
+        for level, feature_map in zip(range(2, 6), feature_maps):
+            ix = tf.cast(tf.where(tf.equal(flat_levels, level))[:, 0], tf.int32)
+            pooled.append(tf.image.crop_and_resize(
+                tf.cast(feature_map, tf.float32), tf.gather(flat_boxes, ix), ix // num_boxes,
+                self.pool_shape, method="bilinear"))
+            order.append(ix)
+        # Row i of the concatenation is box order[i]: invert to restore box order.
+        pooled = tf.gather(tf.concat(pooled, 0), tf.math.invert_permutation(tf.concat(order, 0)))
+        return tf.reshape(pooled, [-1, num_boxes, *self.pool_shape, pooled.shape[-1]])
+
+    def compute_output_shape(self, input_shape):
+        return tuple(input_shape[0][:2]) + self.pool_shape + (input_shape[2][-1],)
+
+    def get_config(self):
+        return {**super().get_config(), "pool_shape": list(self.pool_shape)}
+
+
+@keras.saving.register_keras_serializable(package="mrcnn")
+class RoIDistributed(keras.layers.Wrapper):
+    """Applies a layer to every RoI: [batch, rois, ...] is merged to
+    [batch * rois, ...], the layer runs once, and the result is split back.
+
+    Stands in for matterport's TimeDistributed (same layer names, same
+    weights, BatchNorm statistics over all RoIs of the batch as in Keras 2);
+    Keras 3's TimeDistributed loops over a static RoI axis in Python and
+    mis-handles a dynamic one. Wired with `training=False`, a wrapped
+    BatchNorm is frozen (see `BatchNorm`).
+    """
+
+    def build(self, input_shape):
+        if not self.layer.built:  # deserialisation builds it beforehand
+            self.layer.build((None,) + tuple(input_shape[2:]))
+        self.built = True
+
+    def __call__(self, inputs, *args, **kwargs):
+        if (kwargs.get("training") is False and is_symbolic(inputs)
+                and isinstance(self.layer, BatchNorm)):
+            self.layer.frozen = True
+        return super().__call__(inputs, *args, **kwargs)
+
+    def call(self, inputs, training=None):
+        shape = _static_or_dynamic_shape(inputs)
+        outputs = self.layer(tf.reshape(inputs, [-1] + shape[2:]), training=training)
+        return tf.reshape(outputs, shape[:2] + _static_or_dynamic_shape(outputs)[1:])
+
+    def compute_output_shape(self, input_shape):
+        inner = self.layer.compute_output_shape((None,) + tuple(input_shape[2:]))
+        return tuple(input_shape[:2]) + tuple(inner[1:])
+
+
+def _per_roi(layer):
+    """`layer` wrapped in RoIDistributed under the same name."""
+    return RoIDistributed(layer, name=layer.name)
+
+
+############################################################
+#  Heads
+############################################################
+
+def fpn_classifier_graph(rois, feature_maps, image_meta, pool_size, num_classes,
+                         train_bn=True, fc_layers_size=1024):
+    """Classifier and box-regression head on the RoIs.
+
+    rois: [batch, num_rois, 4] normalised; feature_maps: [P2, P3, P4, P5].
+    Two `fc_layers_size` "FC" layers written as convolutions (pool_size x
+    pool_size, then 1x1), each with BatchNorm and ReLU.
+    Returns mrcnn_class_logits [batch, num_rois, num_classes], mrcnn_probs
+    (softmax) and mrcnn_bbox [batch, num_rois, num_classes, (dy, dx, log(dh),
+    log(dw))].
+    """
+    training = bn_training(train_bn)
+    x = PyramidROIAlign([pool_size, pool_size], name="roi_align_classifier")(
+        [rois, image_meta] + list(feature_maps))
+    x = _per_roi(keras.layers.Conv2D(fc_layers_size, (pool_size, pool_size), padding="valid",
+                                     name="mrcnn_class_conv1"))(x)
+    x = _per_roi(BatchNorm(name="mrcnn_class_bn1"))(x, training=training)
+    x = keras.layers.Activation("relu")(x)
+    x = _per_roi(keras.layers.Conv2D(fc_layers_size, (1, 1), name="mrcnn_class_conv2"))(x)
+    x = _per_roi(BatchNorm(name="mrcnn_class_bn2"))(x, training=training)
+    x = keras.layers.Activation("relu")(x)
+    num_rois = x.shape[1] if x.shape[1] is not None else -1
+    shared = keras.layers.Reshape((num_rois, fc_layers_size), name="pool_squeeze")(x)
+
+    mrcnn_class_logits = keras.layers.Dense(num_classes, name="mrcnn_class_logits")(shared)
+    mrcnn_probs = keras.layers.Activation("softmax", name="mrcnn_class")(mrcnn_class_logits)
+    x = keras.layers.Dense(num_classes * 4, activation="linear", name="mrcnn_bbox_fc")(shared)
+    mrcnn_bbox = keras.layers.Reshape((num_rois, num_classes, 4), name="mrcnn_bbox")(x)
+    return mrcnn_class_logits, mrcnn_probs, mrcnn_bbox
+
+
+def build_fpn_mask_graph(rois, feature_maps, image_meta, pool_size, num_classes, train_bn=True):
+    """Mask head on the RoIs: four 3x3 conv + BN + ReLU, a 2x2 stride-2
+    deconvolution and a 1x1 sigmoid conv per class.
+
+    Returns masks [batch, num_rois, 2*pool_size, 2*pool_size, num_classes].
+    """
+    training = bn_training(train_bn)
+    x = PyramidROIAlign([pool_size, pool_size], name="roi_align_mask")(
+        [rois, image_meta] + list(feature_maps))
+    for i in range(1, 5):
+        x = _per_roi(keras.layers.Conv2D(256, (3, 3), padding="same",
+                                         name=f"mrcnn_mask_conv{i}"))(x)
+        x = _per_roi(BatchNorm(name=f"mrcnn_mask_bn{i}"))(x, training=training)
+        x = keras.layers.Activation("relu")(x)
+    x = _per_roi(keras.layers.Conv2DTranspose(256, (2, 2), strides=2, activation="relu",
+                                              name="mrcnn_mask_deconv"))(x)
+    return _per_roi(keras.layers.Conv2D(num_classes, (1, 1), strides=1, activation="sigmoid",
+                                        name="mrcnn_mask"))(x)
+
+
+############################################################
+#  Detection targets (training)
+############################################################
+
+@keras.saving.register_keras_serializable(package="mrcnn")
+class DetectionTargetLayer(GraphLayer):
+    """Samples RoIs from the proposals and builds their training targets.
+
+    Per image (matterport's detection_targets_graph): zero padding is
+    dropped; GT with a negative class id are crowds: they are no target, and
+    proposals overlapping any crowd (IoU >= 0.001) are not used as negatives;
+    GT with class 0 are ignored. Positives have IoU >= 0.5 with a GT box, at
+    most int(TRAIN_ROIS_PER_IMAGE * ROI_POSITIVE_RATIO) picked at random;
+    negatives (IoU < 0.5) are added to keep that ratio (none if there is no
+    positive, as in matterport). Box targets are the refinements to the
+    best-overlapping GT box divided by BBOX_STD_DEV; mask targets are that
+    GT's (mini-)mask cropped to the RoI and resized to MASK_SHAPE by
+    crop_and_resize, then rounded to 0/1.
+
+    Inputs: proposals [batch, N, 4] (normalised, zero padded),
+    gt_class_ids [batch, MAX_GT] int, gt_boxes [batch, MAX_GT, 4] normalised,
+    gt_masks [batch, height, width, MAX_GT] bool (or 0/1 integers: Keras
+    cannot split bool batches across tf.distribute replicas).
+    Outputs, zero padded to TRAIN_ROIS_PER_IMAGE (positives first):
+    rois [batch, T, 4], target_class_ids [batch, T] int32,
+    target_bbox [batch, T, 4], target_mask [batch, T, MASK_SHAPE[0], MASK_SHAPE[1]],
+    all constants for the gradient.
+    """
+
+    def __init__(self, config=None, train_rois_per_image=None, roi_positive_ratio=None,
+                 bbox_std_dev=None, use_mini_mask=None, mask_shape=None, **kwargs):
+        super().__init__(**kwargs)
+        self.train_rois_per_image = int(setting(train_rois_per_image, config,
+                                                "TRAIN_ROIS_PER_IMAGE"))
+        self.roi_positive_ratio = float(setting(roi_positive_ratio, config, "ROI_POSITIVE_RATIO"))
+        self.bbox_std_dev = [float(v) for v in setting(bbox_std_dev, config, "BBOX_STD_DEV")]
+        self.use_mini_mask = bool(setting(use_mini_mask, config, "USE_MINI_MASK"))
+        self.mask_shape = [int(v) for v in setting(mask_shape, config, "MASK_SHAPE")]
+
+    def call(self, inputs):
+        proposals, gt_class_ids, gt_boxes, gt_masks = inputs
+        t, (mh, mw) = self.train_rois_per_image, self.mask_shape
+        signature = (tf.TensorSpec([t, 4], tf.float32), tf.TensorSpec([t], tf.int32),
+                     tf.TensorSpec([t, 4], tf.float32), tf.TensorSpec([t, mh, mw], tf.float32))
+        targets = tf.map_fn(
+            lambda args: self._image_targets(*args),
+            (tf.cast(proposals, tf.float32), tf.cast(gt_class_ids, tf.int32),
+             tf.cast(gt_boxes, tf.float32), tf.cast(gt_masks, tf.bool)),
+            fn_output_signature=signature)
+        return [tf.stop_gradient(t) for t in targets]
+
+    def _image_targets(self, proposals, gt_class_ids, gt_boxes, gt_masks):
+        """Targets for one image (see the class docstring)."""
+        t = self.train_rois_per_image
+        proposals, _ = trim_zeros_graph(proposals, name="trim_proposals")
+        gt_boxes, non_zeros = trim_zeros_graph(gt_boxes, name="trim_gt_boxes")
+        gt_class_ids = tf.boolean_mask(gt_class_ids, non_zeros)
+        gt_masks = tf.gather(gt_masks, tf.where(non_zeros)[:, 0], axis=2)
+
+        crowd_boxes = tf.gather(gt_boxes, tf.where(gt_class_ids < 0)[:, 0])
+        non_crowd_ix = tf.where(gt_class_ids > 0)[:, 0]
+        gt_class_ids = tf.gather(gt_class_ids, non_crowd_ix)
+        gt_boxes = tf.gather(gt_boxes, non_crowd_ix)
+        gt_masks = tf.gather(gt_masks, non_crowd_ix, axis=2)
+
+        overlaps = overlaps_graph(proposals, gt_boxes)
+        no_crowd = tf.reduce_max(overlaps_graph(proposals, crowd_boxes), axis=1) < 0.001
+        roi_iou_max = tf.reduce_max(overlaps, axis=1)
+        positive_indices = tf.where(roi_iou_max >= 0.5)[:, 0]
+        negative_indices = tf.where(tf.logical_and(roi_iou_max < 0.5, no_crowd))[:, 0]
+
+        positive_count = int(t * self.roi_positive_ratio)
+        positive_indices = tf.random.shuffle(positive_indices)[:positive_count]
+        positive_count = tf.shape(positive_indices)[0]
+        r = tf.constant(1.0 / self.roi_positive_ratio, tf.float32)
+        negative_count = tf.cast(r * tf.cast(positive_count, tf.float32), tf.int32) - positive_count
+        negative_indices = tf.random.shuffle(negative_indices)[:negative_count]
+        positive_rois = tf.gather(proposals, positive_indices)
+        negative_rois = tf.gather(proposals, negative_indices)
+
+        positive_overlaps = tf.gather(overlaps, positive_indices)
+        assignment = tf.cond(tf.shape(positive_overlaps)[1] > 0,
+                             lambda: tf.argmax(positive_overlaps, axis=1),
+                             lambda: tf.zeros([0], tf.int64))
+        roi_gt_boxes = tf.gather(gt_boxes, assignment)
+        roi_gt_class_ids = tf.gather(gt_class_ids, assignment)
+        deltas = box_refinement_graph(positive_rois, roi_gt_boxes)
+        deltas /= tf.constant(self.bbox_std_dev, tf.float32)
+
+        # [positives, height, width, 1]: the assigned GT mask of each positive.
+        roi_masks = tf.transpose(tf.gather(gt_masks, assignment, axis=2), [2, 0, 1])[..., None]
+        boxes = positive_rois
+        if self.use_mini_mask:
+            # Mini-masks span their GT box: express the RoI in that box's frame.
+            y1, x1, y2, x2 = tf.split(positive_rois, 4, axis=1)
+            gt_y1, gt_x1, gt_y2, gt_x2 = tf.split(roi_gt_boxes, 4, axis=1)
+            gt_h = gt_y2 - gt_y1
+            gt_w = gt_x2 - gt_x1
+            boxes = tf.concat([(y1 - gt_y1) / gt_h, (x1 - gt_x1) / gt_w,
+                               (y2 - gt_y1) / gt_h, (x2 - gt_x1) / gt_w], 1)
+        masks = tf.image.crop_and_resize(tf.cast(roi_masks, tf.float32), boxes,
+                                         tf.range(tf.shape(roi_masks)[0]), self.mask_shape)
+        masks = tf.round(tf.squeeze(masks, axis=3))
+
+        rois = tf.concat([positive_rois, negative_rois], axis=0)
+        n = tf.shape(negative_rois)[0]
+        p = tf.maximum(t - tf.shape(rois)[0], 0)
+        rois = tf.pad(rois, [(0, p), (0, 0)])
+        roi_gt_class_ids = tf.pad(roi_gt_class_ids, [(0, n + p)])
+        deltas = tf.pad(deltas, [(0, n + p), (0, 0)])
+        masks = tf.pad(masks, [(0, n + p), (0, 0), (0, 0)])
+        return (tf.reshape(rois, [t, 4]), tf.reshape(roi_gt_class_ids, [t]),
+                tf.reshape(deltas, [t, 4]), tf.reshape(masks, [t, *self.mask_shape]))
+
+    def compute_output_spec(self, inputs):
+        batch, t = inputs[0].shape[0], self.train_rois_per_image
+        return [keras.KerasTensor((batch, t, 4), "float32"),
+                keras.KerasTensor((batch, t), "int32"),
+                keras.KerasTensor((batch, t, 4), "float32"),
+                keras.KerasTensor((batch, t, *self.mask_shape), "float32")]
+
+    def get_config(self):
+        return {**super().get_config(), "train_rois_per_image": self.train_rois_per_image,
+                "roi_positive_ratio": self.roi_positive_ratio, "bbox_std_dev": self.bbox_std_dev,
+                "use_mini_mask": self.use_mini_mask, "mask_shape": self.mask_shape}
+
+
+############################################################
+#  Detections (inference)
+############################################################
+
+@keras.saving.register_keras_serializable(package="mrcnn")
+class DetectionLayer(GraphLayer):
+    """Final detections from the classified, refined RoIs.
+
+    Per RoI: its top class and score, that class's deltas (times
+    BBOX_STD_DEV) applied and the box clipped to the image window. Background
+    RoIs and scores below DETECTION_MIN_CONFIDENCE are dropped; per-class NMS
+    (DETECTION_NMS_THRESHOLD, at most DETECTION_MAX_INSTANCES per class);
+    the DETECTION_MAX_INSTANCES best are kept by score, ties going to the
+    lower RoI index: matterport's refine_detections_graph for a whole batch.
+
+    Inputs: rois [batch, N, 4], mrcnn_class [batch, N, classes],
+    mrcnn_bbox [batch, N, classes, 4], image_meta [batch, meta].
+    Output: [batch, DETECTION_MAX_INSTANCES, (y1, x1, y2, x2, class_id, score)]
+    in normalised coordinates, by descending score, zero padded.
+    """
+
+    def __init__(self, config=None, bbox_std_dev=None, detection_min_confidence=None,
+                 detection_max_instances=None, detection_nms_threshold=None, **kwargs):
+        super().__init__(**kwargs)
+        self.bbox_std_dev = [float(v) for v in setting(bbox_std_dev, config, "BBOX_STD_DEV")]
+        self.detection_min_confidence = float(setting(
+            detection_min_confidence, config, "DETECTION_MIN_CONFIDENCE"))
+        self.detection_max_instances = int(setting(
+            detection_max_instances, config, "DETECTION_MAX_INSTANCES"))
+        self.detection_nms_threshold = float(setting(
+            detection_nms_threshold, config, "DETECTION_NMS_THRESHOLD"))
+
+    def call(self, inputs):
+        rois, probs, deltas = (tf.cast(t, tf.float32) for t in inputs[:3])
+        meta = parse_image_meta_graph(inputs[3])
+        window = norm_boxes_graph(meta["window"], meta["image_shape"][0][:2])
+        k, num_classes = self.detection_max_instances, probs.shape[-1]
+        if num_classes == 1:  # background only: nothing to detect
+            return tf.zeros([tf.shape(rois)[0], k, 6])
+
+        class_ids = tf.argmax(probs, axis=2, output_type=tf.int32)
+        class_scores = tf.gather(probs, class_ids, batch_dims=2)
+        deltas = tf.gather(deltas, class_ids, batch_dims=2)
+        boxes = apply_box_deltas_graph(rois, deltas * tf.constant(self.bbox_std_dev, tf.float32))
+        boxes = clip_boxes_graph(boxes, window[:, tf.newaxis])
+
+        keep = tf.logical_and(class_ids > 0, class_scores >= self.detection_min_confidence)
+        selected = self._per_class_nms(boxes, class_ids, class_scores, keep, num_classes)
+
+        # The best k selected RoIs by score (ties: lower RoI index first).
+        ranked = tf.nn.top_k(tf.where(selected, class_scores, -1.0),
+                             k=min(k, probs.shape[1] or k), sorted=True).indices
+        ranked_ids = tf.cast(tf.gather(class_ids, ranked, batch_dims=1), tf.float32)
+        detections = tf.concat([tf.gather(boxes, ranked, batch_dims=1), ranked_ids[..., None],
+                                tf.gather(class_scores, ranked, batch_dims=1)[..., None]], axis=2)
+        count = tf.reduce_sum(tf.cast(selected, tf.int32), axis=1)
+        detections = tf.where(tf.sequence_mask(count, tf.shape(ranked)[1])[..., None],
+                              detections, 0.0)
+        return tf.pad(detections, [(0, 0), (0, k - tf.shape(ranked)[1]), (0, 0)])
+
+    def _per_class_nms(self, boxes, class_ids, class_scores, keep, num_classes):
+        """[batch, N] mask of the RoIs that survive NMS among the kept RoIs of
+        their class (at most DETECTION_MAX_INSTANCES per class and image).
+
+        One tf.image.non_max_suppression per (image, foreground class); the
+        RoIs of other classes or not kept are masked out by a score of -1."""
+        batch = tf.shape(boxes)[0]
+        pairs = tf.reshape(tf.stack(tf.meshgrid(tf.range(batch), tf.range(1, num_classes),
+                                                indexing="ij"), -1), [-1, 2])
+
+        def nms(pair):
+            image, class_id = pair[0], pair[1]
+            in_class = tf.logical_and(keep[image], tf.equal(class_ids[image], class_id))
+            indices = tf.image.non_max_suppression(
+                boxes[image], tf.where(in_class, class_scores[image], -1.0),
+                self.detection_max_instances, self.detection_nms_threshold, score_threshold=-0.5)
+            return tf.pad(indices, [(0, self.detection_max_instances - tf.shape(indices)[0])],
+                          constant_values=-1)
+
+        indices = tf.map_fn(nms, pairs, fn_output_signature=tf.TensorSpec(
+            [self.detection_max_instances], tf.int32))
+        found = tf.where(indices >= 0)
+        rows = tf.stack([tf.gather(pairs[:, 0], found[:, 0]), tf.gather_nd(indices, found)], 1)
+        return tf.scatter_nd(rows, tf.ones(tf.shape(rows)[:1]), tf.shape(keep)) > 0
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0][0], self.detection_max_instances, 6)
+
+    def get_config(self):
+        return {**super().get_config(), "bbox_std_dev": self.bbox_std_dev,
+                "detection_min_confidence": self.detection_min_confidence,
+                "detection_max_instances": self.detection_max_instances,
+                "detection_nms_threshold": self.detection_nms_threshold}
+
+
+@keras.saving.register_keras_serializable(package="mrcnn")
+class DetectionBoxes(GraphLayer):
+    """The (y1, x1, y2, x2) columns of the detections, for the mask head."""
+
+    def call(self, detections):
+        return detections[..., :4]
+
+    def compute_output_shape(self, input_shape):
+        return tuple(input_shape[:-1]) + (4,)
+
+
+############################################################
+#  Losses
+############################################################
+
+def mrcnn_class_loss_graph(target_class_ids, pred_class_logits, active_class_ids):
+    """Classifier loss: softmax cross-entropy over all RoIs (padding counts
+    as background, as in matterport), dropping RoIs whose *predicted* class is
+    not active in the image's dataset; mean over the rest (0 if none).
+
+    target_class_ids [batch, rois], pred_class_logits [batch, rois, classes],
+    active_class_ids [batch, classes] (1 = class of the image's source).
+    Each image uses its own active classes; matterport used the first
+    image's for the whole batch (the same when a batch has one source).
+    """
+    target_class_ids = tf.cast(target_class_ids, tf.int64)
+    pred_class_ids = tf.argmax(pred_class_logits, axis=2)
+    pred_active = tf.gather(tf.cast(active_class_ids, pred_class_logits.dtype),
+                            pred_class_ids, batch_dims=1)
+    loss = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=target_class_ids,
+                                                          logits=pred_class_logits)
+    return tf.math.divide_no_nan(tf.reduce_sum(loss * pred_active), tf.reduce_sum(pred_active))
+
+
+def mrcnn_bbox_loss_graph(target_bbox, target_class_ids, pred_bbox):
+    """Box loss: smooth-L1 between target_bbox [batch, rois, 4] and the
+    predicted deltas of the true class (pred_bbox [batch, rois, classes, 4]),
+    over positive RoIs only (class id > 0); mean over elements, 0 if none."""
+    target_class_ids = tf.reshape(target_class_ids, (-1,))
+    target_bbox = tf.reshape(target_bbox, (-1, 4))
+    pred_bbox = tf.reshape(pred_bbox, (-1, pred_bbox.shape[2], 4))
+    positive_ix = tf.where(target_class_ids > 0)[:, 0]
+    positive_class_ids = tf.cast(tf.gather(target_class_ids, positive_ix), tf.int64)
+    indices = tf.stack([positive_ix, positive_class_ids], axis=1)
+    return mean_or_zero(smooth_l1_loss(tf.gather(target_bbox, positive_ix),
+                                       tf.gather_nd(pred_bbox, indices)))
+
+
+def mrcnn_mask_loss_graph(target_masks, target_class_ids, pred_masks):
+    """Mask loss: binary cross-entropy between target_masks [batch, rois, h, w]
+    and the true class's predicted mask (pred_masks [batch, rois, h, w,
+    classes], probabilities), over positive RoIs only; mean over pixels, 0
+    if none."""
+    target_class_ids = tf.reshape(target_class_ids, (-1,))
+    mask_shape = tf.shape(target_masks)
+    target_masks = tf.reshape(target_masks, (-1, mask_shape[2], mask_shape[3]))
+    pred_shape = tf.shape(pred_masks)
+    pred_masks = tf.reshape(pred_masks, (-1, pred_shape[2], pred_shape[3], pred_shape[4]))
+    pred_masks = tf.transpose(pred_masks, [0, 3, 1, 2])
+    positive_ix = tf.where(target_class_ids > 0)[:, 0]
+    positive_class_ids = tf.cast(tf.gather(target_class_ids, positive_ix), tf.int64)
+    indices = tf.stack([positive_ix, positive_class_ids], axis=1)
+    y_true = tf.gather(target_masks, positive_ix)
+    y_pred = tf.gather_nd(pred_masks, indices)
+    return mean_or_zero(keras.ops.binary_crossentropy(y_true, y_pred))
+
+
+def _class_loss_from_meta(target_class_ids, pred_class_logits, image_meta):
+    return mrcnn_class_loss_graph(target_class_ids, pred_class_logits,
+                                  parse_image_meta_graph(image_meta)["active_class_ids"])
+
+
+@keras.saving.register_keras_serializable(package="mrcnn")
+class MrcnnClassLoss(LossLayer):
+    """`mrcnn_class_loss_graph` as a layer: inputs [target_class_ids,
+    mrcnn_class_logits, input_image_meta] (active classes read from the meta)."""
+
+    loss_graph = staticmethod(_class_loss_from_meta)
+
+
+@keras.saving.register_keras_serializable(package="mrcnn")
+class MrcnnBboxLoss(LossLayer):
+    """`mrcnn_bbox_loss_graph` as a layer: inputs [target_bbox, target_class_ids, mrcnn_bbox]."""
+
+    loss_graph = staticmethod(mrcnn_bbox_loss_graph)
+
+
+@keras.saving.register_keras_serializable(package="mrcnn")
+class MrcnnMaskLoss(LossLayer):
+    """`mrcnn_mask_loss_graph` as a layer: inputs [target_mask, target_class_ids, mrcnn_mask]."""
+
+    loss_graph = staticmethod(mrcnn_mask_loss_graph)
