@@ -20,6 +20,7 @@ setup(
         "pycocotools>=2.0.6",
         "matplotlib>=3.5",
         "tqdm>=4.60",
+        "tensorboard>=2.16",  # TensorFlow no longer pulls it in; train() logs each loss to it
     ],
     extras_require={
         # imgaug 0.4.0 does not import with numpy 2; install it where it does.

@@ -658,6 +658,8 @@ class MaskRCNNSequence(keras.utils.PyDataset):
                 continue
             samples.append(sample)
         inputs, outputs = _collate(samples, self.config)
+        # gt_masks as uint8: under tf.distribute, Keras reduces the first batch and cannot reduce bools.
+        inputs[6] = inputs[6].view(np.uint8)
         return (tuple(inputs), tuple(outputs)) if outputs else (tuple(inputs),)
 
     def on_epoch_end(self):

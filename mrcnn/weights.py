@@ -411,6 +411,7 @@ def save_weights_by_name(model, filepath):
     """
     filepath = os.fspath(filepath)
     folder = os.path.dirname(os.path.abspath(filepath))
+    os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(filepath)}.", suffix=".tmp")
     os.close(fd)
     try:

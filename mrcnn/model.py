@@ -1,0 +1,428 @@
+"""Mask R-CNN: the public façade users import (`from mrcnn import model as modellib`).
+
+`MaskRCNN` wraps the Keras training or inference model and offers matterport's
+methods (train, detect, load_weights, find_last, ...). The stages live in
+their own modules and are re-exported here under matterport's names:
+backbone.py (ResNet, BatchNorm), rpn.py (RPN, proposals, RPN losses),
+roi_heads.py (targets, RoIAlign, heads, detections, head losses), graph.py
+(whole models and the training step), data.py (targets and batches),
+weights.py (HDF5 weight files by layer name).
+"""
+
+import datetime
+import os
+import re
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from mrcnn import utils
+from mrcnn.backbone import BatchNorm, compute_backbone_shapes, resnet_graph  # noqa: F401
+from mrcnn.data import (  # noqa: F401
+    MaskRCNNSequence, build_detection_targets, build_rpn_targets, compose_image_meta,
+    compute_anchors, data_generator, generate_random_rois, load_image_gt, mold_image,
+    parse_image_meta, unmold_image)
+from mrcnn.dataset import to_rgb_uint8
+from mrcnn.graph import build_inference_model, build_training_model
+from mrcnn.graph_utils import parse_image_meta_graph  # noqa: F401
+from mrcnn.roi_heads import (  # noqa: F401
+    DetectionLayer, DetectionTargetLayer, PyramidROIAlign, build_fpn_mask_graph,
+    fpn_classifier_graph, mrcnn_bbox_loss_graph, mrcnn_class_loss_graph, mrcnn_mask_loss_graph)
+from mrcnn.rpn import (  # noqa: F401
+    ProposalLayer, build_rpn_model, rpn_bbox_loss_graph, rpn_class_loss_graph)
+from mrcnn.weights import keras2_layout, load_weights_by_name, save_weights_by_name
+
+# ResNet-50 ImageNet weights (no top) that matterport initialises from; names match resnet_graph.
+RESNET50_IMAGENET_URL = ("https://github.com/fchollet/deep-learning-models/releases/download/v0.2/"
+                         "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5")
+
+# train(layers=...) presets: regular expressions over layer names.
+LAYER_PRESETS = {
+    "heads": r"(mrcnn\_.*)|(rpn\_.*)|(fpn\_.*)",
+    "3+": r"(res3.*)|(bn3.*)|(res4.*)|(bn4.*)|(res5.*)|(bn5.*)|(mrcnn\_.*)|(rpn\_.*)|(fpn\_.*)",
+    "4+": r"(res4.*)|(bn4.*)|(res5.*)|(bn5.*)|(mrcnn\_.*)|(rpn\_.*)|(fpn\_.*)",
+    "5+": r"(res5.*)|(bn5.*)|(mrcnn\_.*)|(rpn\_.*)|(fpn\_.*)",
+    "all": ".*",
+}
+
+
+def log(text, array=None):
+    """Print a line, with the shape, min, max and dtype of `array` if given."""
+    if array is not None:
+        text = text.ljust(25)
+        text += "shape: {:20}  ".format(str(array.shape))
+        if array.size:
+            text += "min: {:10.5f}  max: {:10.5f}".format(array.min(), array.max())
+        else:
+            text += "min: {:10}  max: {:10}".format("", "")
+        text += "  {}".format(array.dtype)
+    print(text)
+
+
+class TrainingDiverged(RuntimeError):
+    """A training loss became NaN or infinite."""
+
+
+class _StopOnNaN(keras.callbacks.Callback):
+    """Stop at the first step whose loss is not finite, before any checkpoint is written."""
+
+    def __init__(self, checkpoint_dir):
+        super().__init__()
+        self.checkpoint_dir = checkpoint_dir
+        self.epoch = 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        loss = (logs or {}).get("loss")
+        if loss is not None and not np.isfinite(loss):
+            raise TrainingDiverged(
+                f"The training loss became {loss} at epoch {self.epoch + 1}, step {batch + 1}. "
+                f"Training stopped; the last complete checkpoint in {self.checkpoint_dir} is intact. "
+                "Lower the learning rate or check the data (empty masks, boxes of zero area).")
+
+
+class _Checkpoint(keras.callbacks.Callback):
+    """Write the weights after every epoch, atomically, in matterport's HDF5 layout."""
+
+    def __init__(self, path_pattern):
+        super().__init__()
+        self.path_pattern = path_pattern
+
+    def on_epoch_end(self, epoch, logs=None):
+        save_weights_by_name(self.model, self.path_pattern.format(epoch=epoch + 1))
+
+
+class MaskRCNN:
+    """Mask R-CNN in "training" or "inference" mode; the Keras model is `keras_model`."""
+
+    def __init__(self, mode, config, model_dir):
+        if mode not in ("training", "inference"):
+            raise ValueError(f"mode must be 'training' or 'inference', got {mode!r}.")
+        config.validate()
+        self.mode = mode
+        self.config = config
+        self.model_dir = model_dir
+        self.set_log_dir()
+        self._strategy = tf.distribute.get_strategy()
+        with self._strategy.scope():
+            self.keras_model = (build_training_model(config) if mode == "training"
+                                else build_inference_model(config))
+        self._anchor_cache = {}
+        self._graph_cache = {}
+        self._predict = tf.function(lambda inputs: self.keras_model(inputs, training=False),
+                                    jit_compile=False)
+
+    # ------------------------------------------------------------ checkpoints
+
+    def find_last(self):
+        """Path of the newest complete checkpoint of this config under model_dir.
+
+        Looks in the newest run folder first, then older ones; skips files
+        that are not complete weight files (e.g. cut off mid-write).
+        """
+        name = self.config.NAME.lower()
+        run_dirs = sorted(d for d in (os.listdir(self.model_dir) if os.path.isdir(self.model_dir) else [])
+                          if d.startswith(name) and os.path.isdir(os.path.join(self.model_dir, d)))
+        pattern = re.compile(r"mask_rcnn_" + re.escape(name) + r"_(\d{4})\.h5$")
+        for run_dir in reversed(run_dirs):
+            folder = os.path.join(self.model_dir, run_dir)
+            for f in sorted((f for f in os.listdir(folder) if pattern.match(f)), reverse=True):
+                path = os.path.join(folder, f)
+                if _is_complete_weights_file(path):
+                    return path
+        raise FileNotFoundError(
+            f"Could not find a checkpoint of config {self.config.NAME!r} under {self.model_dir!r} "
+            f"(looked for {name}*/mask_rcnn_{name}_NNNN.h5). Train first, or pass a weights path.")
+
+    def set_log_dir(self, model_path=None):
+        """Set the run folder and checkpoint path; resume epoch numbering from `model_path`'s name."""
+        self.epoch = 0
+        now = datetime.datetime.now()
+        if model_path:
+            m = re.match(r".*[/\\][\w-]+(\d{4})(\d{2})(\d{2})T(\d{2})(\d{2})[/\\]mask_rcnn_[\w-]+(\d{4})\.h5",
+                         str(model_path))
+            if m:
+                now = datetime.datetime(*map(int, m.groups()[:5]))
+                self.epoch = int(m.group(6))  # the next epoch to train, 0-based
+                print(f"Re-starting from epoch {self.epoch}")
+        name = (self.config.NAME or "mrcnn").lower()
+        self.log_dir = os.path.join(self.model_dir, "{}{:%Y%m%dT%H%M}".format(name, now))
+        self.checkpoint_path = os.path.join(self.log_dir, f"mask_rcnn_{name}_{{epoch:04d}}.h5")
+
+    def load_weights(self, filepath, by_name=False, exclude=None, verbose=0):
+        """Load a Keras-2-layout HDF5 weights file (matterport's or ours) by layer name.
+
+        by_name=False additionally requires the file to cover every layer of
+        the model with weights. Returns the load report. Loading a checkpoint
+        resumes its run folder and epoch numbering.
+        """
+        report = load_weights_by_name(self.keras_model, filepath, exclude=exclude, verbose=verbose)
+        if not by_name and (report.missing_from_file or report.not_in_model):
+            raise ValueError(
+                f"{filepath} does not match this model layer for layer: missing from the file "
+                f"{report.missing_from_file}, not in the model {report.not_in_model}. "
+                "Use by_name=True to load the layers that match.")
+        self.set_log_dir(filepath)
+        return report
+
+    def get_imagenet_weights(self, url=RESNET50_IMAGENET_URL):
+        """Path of the ResNet-50 ImageNet weights matterport used, downloaded once to the Keras cache."""
+        folder = os.path.join(os.environ.get("KERAS_HOME", os.path.expanduser("~/.keras")), "models")
+        path = os.path.join(folder, url.rsplit("/", 1)[-1])
+        if not os.path.exists(path):
+            utils.download_file(url, path, what="ResNet-50 ImageNet weights")
+        return path
+
+    # ------------------------------------------------------------ training
+
+    def ancestor(self, tensor, name, checked=None):
+        """The nearest ancestor of a symbolic tensor produced by a layer whose name matches regex `name`."""
+        checked = set() if checked is None else checked
+        frontier = [tensor]
+        while frontier:
+            t = frontier.pop(0)
+            layer = t._keras_history.operation
+            if id(layer) in checked:
+                continue
+            checked.add(id(layer))
+            if t is not tensor and re.fullmatch(name, layer.name):
+                return t
+            for node in layer._inbound_nodes:
+                frontier.extend(node.input_tensors)
+        return None
+
+    def find_trainable_layer(self, layer):
+        """The layer that holds the weights: the inner layer of a wrapper."""
+        while isinstance(layer, keras.layers.Wrapper):
+            layer = layer.layer
+        return layer
+
+    def get_trainable_layers(self):
+        """Top-level layers that have weights."""
+        layers = (self.find_trainable_layer(lay) for lay in self.keras_model.layers)
+        return [lay for lay in layers if lay.weights]
+
+    def set_trainable(self, layer_regex, keras_model=None, indent=0, verbose=1):
+        """Make layers whose names fully match `layer_regex` trainable and freeze the rest.
+
+        Recurses into nested models (rpn_model). Takes effect at the next compile.
+        """
+        if verbose > 0 and keras_model is None:
+            log("Selecting layers to train")
+        keras_model = keras_model or self.keras_model
+        for layer in keras_model.layers:
+            if isinstance(layer, keras.Model):
+                if verbose > 0:
+                    print("In model: ", layer.name)
+                self.set_trainable(layer_regex, keras_model=layer, indent=indent + 4, verbose=verbose)
+                continue
+            if not layer.weights:
+                continue
+            trainable = bool(re.fullmatch(layer_regex, layer.name))
+            self.find_trainable_layer(layer).trainable = trainable
+            if trainable and verbose > 0:
+                log("{}{:20}   ({})".format(" " * indent, layer.name, layer.__class__.__name__))
+
+    def compile(self, learning_rate, momentum):
+        """Compile with SGD (momentum, gradient clipping); the losses live in the model."""
+        with self._strategy.scope():
+            optimizer = keras.optimizers.SGD(learning_rate=learning_rate, momentum=momentum,
+                                             clipnorm=self.config.GRADIENT_CLIP_NORM)
+            self.keras_model.compile(optimizer=optimizer, jit_compile=False)
+
+    def train(self, train_dataset, val_dataset, learning_rate, epochs, layers,
+              augmentation=None, custom_callbacks=None, no_augmentation_sources=None, workers=2):
+        """Train the layers selected by `layers` up to epoch `epochs` (a total, not a count).
+
+        layers: "heads", "3+", "4+", "5+", "all", or a regex over layer names.
+        augmentation: an imgaug augmenter or a callable (image, masks) -> (image, masks).
+        Batches are prepared by `workers` threads while the previous step runs.
+        Writes TensorBoard logs and one checkpoint per epoch to `self.log_dir`.
+        """
+        if self.mode != "training":
+            raise ValueError("train() needs a model created with mode='training'.")
+        layers = LAYER_PRESETS.get(layers, layers)
+        train_seq = MaskRCNNSequence(train_dataset, self.config, shuffle=True, augmentation=augmentation,
+                                     no_augmentation_sources=no_augmentation_sources,
+                                     steps=self.config.STEPS_PER_EPOCH, workers=workers)
+        val_seq = None
+        if val_dataset is not None and self.config.VALIDATION_STEPS > 0:
+            val_seq = MaskRCNNSequence(val_dataset, self.config, shuffle=True,
+                                       steps=self.config.VALIDATION_STEPS, workers=workers)
+
+        os.makedirs(self.log_dir, exist_ok=True)
+        callbacks = [_StopOnNaN(self.log_dir),
+                     keras.callbacks.TensorBoard(log_dir=self.log_dir, histogram_freq=0, write_graph=False),
+                     _Checkpoint(self.checkpoint_path)] + list(custom_callbacks or [])
+
+        log("\nStarting at epoch {}. LR={}\n".format(self.epoch, learning_rate))
+        log("Checkpoint Path: {}".format(self.checkpoint_path))
+        self.set_trainable(layers)
+        self.compile(learning_rate, self.config.LEARNING_MOMENTUM)
+        if epochs <= self.epoch:
+            log(f"Already trained up to epoch {self.epoch}; pass epochs > {self.epoch} to train more.")
+            return None
+        history = self.keras_model.fit(
+            train_seq, initial_epoch=self.epoch, epochs=epochs,
+            steps_per_epoch=self.config.STEPS_PER_EPOCH, callbacks=callbacks,
+            validation_data=val_seq, validation_steps=self.config.VALIDATION_STEPS if val_seq else None)
+        self.epoch = max(self.epoch, epochs)
+        return history
+
+    # ------------------------------------------------------------ inference
+
+    def mold_inputs(self, images):
+        """Resize and normalise images for the network: molded_images, image_metas, windows."""
+        molded_images, image_metas, windows = [], [], []
+        for i, image in enumerate(images):
+            image = self._check_image(image, i)
+            molded, window, scale, _, _ = utils.resize_image(
+                image, min_dim=self.config.IMAGE_MIN_DIM, min_scale=self.config.IMAGE_MIN_SCALE,
+                max_dim=self.config.IMAGE_MAX_DIM, mode=self.config.IMAGE_RESIZE_MODE)
+            molded = mold_image(molded, self.config)
+            meta = compose_image_meta(0, image.shape, molded.shape, window, scale,
+                                      np.zeros([self.config.NUM_CLASSES], dtype=np.int32))
+            molded_images.append(molded)
+            image_metas.append(meta)
+            windows.append(window)
+        return np.stack(molded_images), np.stack(image_metas), np.stack(windows)
+
+    def _check_image(self, image, index):
+        """Bring a user's image to [H, W, IMAGE_CHANNEL_COUNT], or raise a ValueError saying why not."""
+        image = np.asarray(image)
+        channels = self.config.IMAGE_CHANNEL_COUNT
+        if channels == 3:
+            return to_rgb_uint8(image, f"detect(): image {index}")
+        if image.ndim == 2 and channels == 1:
+            image = image[..., None]
+        if image.ndim != 3 or image.shape[-1] != channels or min(image.shape[:2]) < 1:
+            raise ValueError(f"detect(): image {index} has shape {image.shape}; this config "
+                             f"(IMAGE_CHANNEL_COUNT={channels}) takes [H, W, {channels}] arrays.")
+        return image
+
+    def unmold_detections(self, detections, mrcnn_mask, original_image_shape, image_shape, window):
+        """One image's detections in original-image pixels: boxes, class_ids, scores, full masks.
+
+        detections: [N, (y1, x1, y2, x2, class_id, score)] normalised, zero padded;
+        mrcnn_mask: [N, h, w, num_classes]. Boxes of zero area are dropped.
+        """
+        zero_ix = np.where(detections[:, 4] == 0)[0]
+        n = zero_ix[0] if zero_ix.shape[0] > 0 else detections.shape[0]
+        boxes = detections[:n, :4]
+        class_ids = detections[:n, 4].astype(np.int32)
+        scores = detections[:n, 5].astype(np.float32)
+        masks = mrcnn_mask[np.arange(n), :, :, class_ids]
+
+        wy1, wx1, wy2, wx2 = utils.norm_boxes(window, image_shape[:2])
+        shift = np.array([wy1, wx1, wy1, wx1])
+        wh, ww = wy2 - wy1, wx2 - wx1
+        boxes = utils.denorm_boxes(np.divide(boxes - shift, np.array([wh, ww, wh, ww])),
+                                   original_image_shape[:2])
+
+        keep = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]) > 0
+        boxes, class_ids, scores, masks = boxes[keep], class_ids[keep], scores[keep], masks[keep]
+        full_masks = [utils.unmold_mask(masks[i], boxes[i], original_image_shape) for i in range(len(boxes))]
+        full_masks = (np.stack(full_masks, axis=-1) if full_masks
+                      else np.zeros(tuple(original_image_shape[:2]) + (0,), dtype=bool))
+        return boxes, class_ids, scores, full_masks
+
+    def get_anchors(self, image_shape):
+        """Normalised anchors [N, 4] (float32) for an image shape; computed once per shape."""
+        key = tuple(int(v) for v in image_shape[:2])
+        if key not in self._anchor_cache:
+            self._anchor_cache[key] = utils.norm_boxes(compute_anchors(self.config, image_shape), key)
+        return self._anchor_cache[key]
+
+    def _inference_inputs(self, molded_images, image_metas):
+        anchors = self.get_anchors(molded_images[0].shape)
+        anchors = np.broadcast_to(anchors, (len(molded_images),) + anchors.shape)
+        return [molded_images.astype(np.float32), image_metas.astype(np.float32), anchors]
+
+    def _check_batch(self, images, what):
+        if self.mode != "inference":
+            raise ValueError(f"{what}() needs a model created with mode='inference'.")
+        if len(images) != self.config.BATCH_SIZE:
+            raise ValueError(
+                f"{what}() got {len(images)} images but BATCH_SIZE is {self.config.BATCH_SIZE} "
+                "(GPU_COUNT * IMAGES_PER_GPU). Pass exactly that many, or set IMAGES_PER_GPU "
+                "in the inference config.")
+
+    def detect(self, images, verbose=0):
+        """Detect instances in a list of BATCH_SIZE images of any sizes.
+
+        Returns one dict per image: rois [N, 4] int32 (y1, x1, y2, x2) in the
+        image's pixels, class_ids [N] int32, scores [N] float32, masks
+        [H, W, N] bool. N may be 0.
+        """
+        self._check_batch(images, "detect")
+        if verbose:
+            log("Processing {} images".format(len(images)))
+            for image in images:
+                log("image", np.asarray(image))
+        molded_images, image_metas, windows = self.mold_inputs(images)
+        if len({m.shape for m in molded_images}) != 1:
+            raise ValueError("After resizing, the images have different sizes; use "
+                             "IMAGE_RESIZE_MODE 'square' or detect images of one size per call.")
+        if verbose:
+            log("molded_images", molded_images)
+            log("image_metas", image_metas)
+        original_shapes = [np.shape(image) for image in images]
+        return self._detect(molded_images, image_metas, windows, original_shapes, verbose)
+
+    def detect_molded(self, molded_images, image_metas, verbose=0):
+        """Detect on images already molded (e.g. from load_image_gt + mold_image); boxes in molded pixels."""
+        self._check_batch(molded_images, "detect_molded")
+        molded_images = np.asarray(molded_images)
+        windows = [parse_image_meta(np.asarray(image_metas))["window"][i] for i in range(len(molded_images))]
+        return self._detect(molded_images, np.asarray(image_metas), windows,
+                            [m.shape for m in molded_images], verbose)
+
+    def _detect(self, molded_images, image_metas, windows, original_shapes, verbose):
+        inputs = self._inference_inputs(molded_images, image_metas)
+        if verbose:
+            log("anchors", inputs[2])
+        outputs = self._predict([tf.constant(x) for x in inputs])
+        detections, mrcnn_mask = outputs[0].numpy(), outputs[3].numpy()
+        results = []
+        for i, original_shape in enumerate(original_shapes):
+            rois, class_ids, scores, masks = self.unmold_detections(
+                detections[i], mrcnn_mask[i], original_shape, molded_images[i].shape, windows[i])
+            results.append({"rois": rois, "class_ids": class_ids, "scores": scores, "masks": masks})
+        return results
+
+    def run_graph(self, images, outputs, image_metas=None):
+        """Run the model on images and return named intermediate outputs.
+
+        outputs: [(name, symbolic tensor of keras_model)], e.g.
+        ("proposals", model.keras_model.get_layer("ROI").output).
+        Returns a dict name -> numpy array (in the order given).
+        """
+        if self.mode != "inference":
+            raise ValueError("run_graph() runs the inference graph; create the model with mode='inference'.")
+        names = tuple(name for name, _ in outputs)
+        key = (names, tuple(id(t) for _, t in outputs))
+        if key not in self._graph_cache:
+            sub = keras.Model(self.keras_model.inputs, [t for _, t in outputs])
+            self._graph_cache[key] = tf.function(lambda x: sub(x, training=False), jit_compile=False)
+        molded_images, metas, _ = self.mold_inputs(images)
+        if image_metas is not None:
+            metas = image_metas
+        values = self._graph_cache[key]([tf.constant(x) for x in self._inference_inputs(molded_images, metas)])
+        values = values if isinstance(values, (list, tuple)) else [values]
+        result = {}
+        for name, value in zip(names, values):
+            result[name] = np.asarray(value)
+            log(name, result[name])
+        return result
+
+
+def _is_complete_weights_file(path):
+    """True if `path` reads as a Keras-2-layout weights file (not cut off mid-write)."""
+    try:
+        keras2_layout(path)
+        return True
+    except (OSError, ValueError):
+        return False
