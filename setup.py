@@ -25,7 +25,9 @@ setup(
     extras_require={
         # imgaug 0.4.0 does not import with numpy 2; install it where it does.
         "imgaug": ["imgaug>=0.4.0"],
-        "test": ["pytest>=7", "hypothesis>=6", "nbclient>=0.7", "nbformat>=5", "ipykernel>=6"],
+        # imgaug here so that CI exercises the imgaug path too (with numpy 2's np.sctypes shim).
+        "test": ["pytest>=7", "hypothesis>=6", "nbclient>=0.7", "nbformat>=5", "ipykernel>=6",
+                 "imgaug>=0.4.0"],
     },
     classifiers=[
         "Programming Language :: Python :: 3",
