@@ -294,3 +294,34 @@ def test_train_runs_unchanged_under_mirrored_strategy(tmp_path):
                             env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
     assert result.returncode == 0, result.stderr[-3000:]
     assert "REPLICAS 2" in result.stdout and "mask_rcnn_tiny_0001.h5" in result.stdout
+
+
+def test_ancestor_and_trainable_layers(detector):
+    km = detector.keras_model
+    detections = km.get_layer("mrcnn_detection").output
+    assert detector.ancestor(detections, "ROI") is km.get_layer("ROI").output
+    assert detector.ancestor(detections, "no_such_layer") is None
+    names = [layer.name for layer in detector.get_trainable_layers()]
+    assert names[:2] == ["conv1", "bn_conv1"] and "rpn_model" in names and "mrcnn_mask" in names
+    assert all(layer.weights for layer in detector.get_trainable_layers())
+
+
+def test_get_imagenet_weights_downloads_once_into_the_keras_cache(detector, tmp_path, monkeypatch):
+    import functools
+    import http.server
+    import threading
+    (tmp_path / "srv").mkdir()
+    (tmp_path / "srv" / "resnet50_notop.h5").write_bytes(b"weights" * 1000)
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path / "srv"))
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
+    url = f"http://127.0.0.1:{httpd.server_address[1]}/resnet50_notop.h5"
+    try:
+        path = detector.get_imagenet_weights(url=url)
+        assert path == str(tmp_path / "keras" / "models" / "resnet50_notop.h5")
+        assert open(path, "rb").read() == b"weights" * 1000
+        (tmp_path / "srv" / "resnet50_notop.h5").unlink()  # a second call must not download again
+        assert detector.get_imagenet_weights(url=url) == path
+    finally:
+        httpd.shutdown()
