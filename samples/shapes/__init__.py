@@ -1,0 +1,1 @@
+"""matterport's shapes sample: ShapesDataset, ShapesConfig and the command line (shapes.py)."""
