@@ -16,6 +16,7 @@ the evaluation set from TEST_SEED.
 
 import argparse
 import contextlib
+import csv
 import io
 import math
 import os
@@ -25,12 +26,13 @@ import time
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow loads: no C++ info/warning spam
 
 import keras  # noqa: E402
+import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import skimage.draw  # noqa: E402
 import skimage.io  # noqa: E402
 
 from mrcnn import model as modellib  # noqa: E402
-from mrcnn import utils  # noqa: E402
+from mrcnn import utils, visualize  # noqa: E402
 from mrcnn.backbone import BatchNorm, bn_training  # noqa: E402
 from mrcnn.config import Config  # noqa: E402
 
@@ -439,14 +441,8 @@ class TimeBudget(keras.callbacks.Callback):
             logs["elapsed_s"] = round(time.time() - self.start, 1)
 
 
-def plot_losses(csv_path, png_path):
+def plot_losses(csv_path, png_path, steps_per_epoch=None):
     """Plot the per-epoch losses of a training CSV (keras CSVLogger) to a PNG, log scale."""
-    import csv
-
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     with open(csv_path, newline="") as f:
         rows = list(csv.DictReader(f))
     epochs = [int(r["epoch"]) + 1 for r in rows]
@@ -457,7 +453,7 @@ def plot_losses(csv_path, png_path):
             ax.plot(epochs, [float(r[key]) for r in rows], label=key,
                     linewidth=2.5 if key == "loss" else 1.2)
     ax.set_yscale("log")
-    ax.set_xlabel("epoch")
+    ax.set_xlabel(f"epoch ({steps_per_epoch} steps)" if steps_per_epoch else "epoch")
     ax.set_ylabel("training loss (epoch mean)")
     ax.set_title(f"Training losses ({os.path.basename(os.path.dirname(csv_path))})")
     ax.grid(True, which="both", alpha=0.3)
@@ -467,15 +463,19 @@ def plot_losses(csv_path, png_path):
     plt.close(fig)
 
 
-def save_detections(image, result, path, title=""):
-    """Draw detections (masks, boxes, labels, scores) on an image and write a PNG."""
-    import matplotlib
-    matplotlib.use("Agg")
-    from mrcnn import visualize
-
-    visualize.display_instances(image, result["rois"], result["masks"], result["class_ids"],
-                                ("BG",) + CLASS_NAMES, result["scores"], title=title,
-                                figsize=(8, 8), save_path=path)
+def save_detections(images, results, path, titles=None):
+    """Draw detections (masks, boxes, labels, scores) on images, two per row, into one PNG."""
+    cols = min(len(images), 2)
+    rows = math.ceil(len(images) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(6 * cols, 6 * rows), squeeze=False)
+    for ax in axes.flat[len(images):]:
+        ax.axis("off")
+    for i, (image, result, ax) in enumerate(zip(images, results, axes.flat)):
+        visualize.display_instances(image, result["rois"], result["masks"], result["class_ids"],
+                                    ("BG",) + CLASS_NAMES, result["scores"],
+                                    title=titles[i] if titles else "", ax=ax,
+                                    save_path=path if i == len(images) - 1 else None)
+    plt.close(fig)
 
 
 ############################################################
@@ -546,10 +546,11 @@ def train_main(args):
 
     _phase("Write PNGs")
     detections_png = os.path.join(model.log_dir, "detections.png")
-    save_detections(test_set.load_image(0), predictions[0], detections_png,
-                    title=f"held-out image 0 (seed {TEST_SEED})")
+    shown = range(min(4, args.images))
+    save_detections([test_set.load_image(i) for i in shown], [predictions[i] for i in shown],
+                    detections_png, [f"held-out image {i} (seed {TEST_SEED})" for i in shown])
     curve_png = os.path.join(model.log_dir, "loss_curve.png")
-    plot_losses(csv_path, curve_png)
+    plot_losses(csv_path, curve_png, config.STEPS_PER_EPOCH)
 
     _phase("Done")
     print(f"config:      {config.NAME} (backbone {backbone_name(config)})")
@@ -585,7 +586,7 @@ def detect_main(args):
     result = model.detect([image])[0]
     for roi, class_id, score in zip(result["rois"], result["class_ids"], result["scores"]):
         print(f"{CLASS_NAMES[class_id - 1]:8} score {score:.3f} box {roi.tolist()}")
-    save_detections(image, result, args.output, title=title)
+    save_detections([image], [result], args.output, [title])
     print(f"Wrote {args.output}")
     return result
 
@@ -607,7 +608,7 @@ def build_parser():
                                      "write weights, detections.png and loss_curve.png")
     common(p)
     p.add_argument("--fresh", action="store_true", help="start from random weights, ignoring checkpoints")
-    p.add_argument("--minutes", type=float, default=11.0, help="training time budget (default: 11)")
+    p.add_argument("--minutes", type=float, default=12.0, help="training time budget (default: 12)")
     p.add_argument("--steps", type=int, default=None,
                    help="stop after this many steps if the time budget lasts longer")
     p.add_argument("--lr", type=float, default=None, help="peak learning rate (default: the config's)")
