@@ -1,8 +1,11 @@
 """The shapes sample: dataset invariants, configs, metric functions and the command line (no training)."""
 
+import math
 import os
 import subprocess
 import sys
+import time
+import types
 
 import numpy as np
 import pytest
@@ -127,6 +130,29 @@ def test_metrics_drop_for_missing_or_wrong_predictions(dataset):
               "masks": np.zeros((128, 128, 0), bool), "scores": np.zeros(0)} for _ in gts]
     assert shapes.mean_ap(gts, empty) == 0.0
     assert shapes.coco_ap(gts, empty) == {t: {"AP": 0.0, "AP50": 0.0, "AP75": 0.0} for t in ("segm", "bbox")}
+
+
+def test_time_budget_warms_up_decays_and_stops_after_max_steps():
+    class FakeModel:
+        optimizer = types.SimpleNamespace(learning_rate=None)
+        stop_training = False
+
+    now = time.time()
+    budget = shapes.TimeBudget(0.01, now, now + 3600, max_steps=10, warmup_steps=4, final_fraction=0.0)
+    budget.set_model(FakeModel())
+    rates, stopped = [], []
+    for step in range(10):
+        budget.on_train_batch_begin(step)
+        rates.append(budget.model.optimizer.learning_rate)
+        budget.on_train_batch_end(step)
+        stopped.append(budget.model.stop_training)
+    assert rates[0] == pytest.approx(0.01 / 4)                                  # warm-up
+    assert rates[3] == pytest.approx(0.01 * 0.5 * (1 + math.cos(math.pi * 0.3)), rel=1e-3)
+    assert all(a > b for a, b in zip(rates[3:], rates[4:]))                     # cosine decay
+    assert stopped == [False] * 9 + [True]
+    logs = {}
+    budget.on_epoch_end(0, logs)
+    assert logs["lr"] == rates[-1] and logs["elapsed_s"] >= 0
 
 
 def test_command_line_help(capsys):

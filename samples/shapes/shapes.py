@@ -30,6 +30,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import skimage.draw  # noqa: E402
 import skimage.io  # noqa: E402
+from pycocotools import mask as mask_utils  # noqa: E402
+from pycocotools.coco import COCO  # noqa: E402
+from pycocotools.cocoeval import COCOeval  # noqa: E402
 
 from mrcnn import model as modellib  # noqa: E402
 from mrcnn import utils, visualize  # noqa: E402
@@ -261,17 +264,19 @@ class ShapesModel(modellib.MaskRCNN):
 
     def compile(self, learning_rate, momentum):
         if getattr(self.config, "OPTIMIZER", "sgd") != "adam":
-            return super().compile(learning_rate, momentum)
+            super().compile(learning_rate, momentum)
+            return
         with self._strategy.scope():
             optimizer = keras.optimizers.Adam(learning_rate=learning_rate, beta_1=momentum,
                                               clipnorm=self.config.GRADIENT_CLIP_NORM)
             self.keras_model.compile(optimizer=optimizer, jit_compile=False)
-        return None
 
 
 def optimizer_name(config):
     """The optimizer ShapesModel trains `config` with, as a readable name."""
-    return "Adam" if getattr(config, "OPTIMIZER", "sgd") == "adam" else f"SGD momentum {config.LEARNING_MOMENTUM}"
+    if getattr(config, "OPTIMIZER", "sgd") == "adam":
+        return "Adam"
+    return f"SGD momentum {config.LEARNING_MOMENTUM}"
 
 
 def inference_config(config_class, images_per_batch=1):
@@ -315,10 +320,6 @@ def coco_ap(gts, predictions, num_classes=len(CLASS_NAMES)):
     predictions need a "scores" entry. Boxes are (y1, x1, y2, x2) pixels,
     x2/y2 exclusive, as everywhere in mrcnn.
     """
-    from pycocotools import mask as mask_utils
-    from pycocotools.coco import COCO
-    from pycocotools.cocoeval import COCOeval
-
     def rle(mask):
         encoded = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
         encoded["counts"] = encoded["counts"].decode("ascii")
@@ -519,10 +520,10 @@ def train_main(args):
     budget_s = args.minutes * 60
     print(f"Build took {time.time() - t0:.1f} s")
 
-    _phase(f"Train: layers 'all', {optimizer_name(config)}, clipnorm "
-           f"{config.GRADIENT_CLIP_NORM}, lr {lr} (warm-up {args.warmup} steps, cosine decay by "
-           f"time), {args.minutes:g} min{f' or {args.steps} steps' if args.steps else ''}, {config.STEPS_PER_EPOCH} steps/epoch, "
-           f"{args.train_images} training images")
+    limit = f"{args.minutes:g} min" + (f" or {args.steps} steps" if args.steps else "")
+    _phase(f"Train: layers 'all', {optimizer_name(config)}, clipnorm {config.GRADIENT_CLIP_NORM}, "
+           f"lr {lr} (warm-up {args.warmup} steps, then cosine decay) for {limit}, "
+           f"{config.STEPS_PER_EPOCH} steps/epoch, {args.train_images} training images")
     start = time.time()
     budget = TimeBudget(lr, start, start + budget_s, max_steps=args.steps, warmup_steps=args.warmup)
     os.makedirs(model.log_dir, exist_ok=True)
