@@ -460,11 +460,20 @@ def build_detection_targets(rpn_rois, gt_class_ids, gt_boxes, gt_masks, config):
 
 def _load_sample(dataset, config, image_id, anchors, augmentation, random_rois,
                  detection_targets, augment=False):
-    """One image's training arrays, or None when it has no (non-crowd) instance."""
+    """One image's training arrays, or None when it has no (non-crowd) instance.
+
+    An image whose image_info has a true "train_empty" (what the loaders of
+    `mrcnn.formats` set for images without annotations when asked) is kept
+    as pure background: all its RPN anchors are negatives, and the RoI heads
+    get no sample from it (the RoI sampler takes negatives in proportion to
+    positives, as matterport's does). Not with `random_rois`, which are
+    drawn around GT boxes.
+    """
     image, image_meta, gt_class_ids, gt_boxes, gt_masks = load_image_gt(
         dataset, config, image_id, augmentation=augmentation,
         use_mini_mask=config.USE_MINI_MASK, augment=augment)
-    if not np.any(gt_class_ids > 0):
+    if not np.any(gt_class_ids > 0) and (
+            random_rois or not dataset.image_info[image_id].get("train_empty")):
         return None
     rpn_match, rpn_bbox = build_rpn_targets(image.shape, anchors, gt_class_ids, gt_boxes, config)
     extra = []
@@ -534,7 +543,8 @@ def data_generator(dataset, config, shuffle=True, augment=False, augmentation=No
     and masks as outputs (otherwise outputs is []).
 
     The order is reshuffled after each pass when `shuffle`. Images without
-    instances are skipped (the count is logged). An image that fails to load
+    instances are skipped (the count is logged) unless their image_info has
+    "train_empty" (see `_load_sample`). An image that fails to load
     is logged with its traceback and skipped; after more than
     MAX_CONSECUTIVE_ERRORS failures in a row the error is raised (matterport
     counted all failures of the run and raised after six). Sources listed in
@@ -590,10 +600,11 @@ class MaskRCNNSequence(keras.utils.PyDataset):
     `data = (inputs,)` and no targets. `len()` is `steps` (default: enough
     batches to cover the dataset once); the image order is a concatenation of
     permutations of the dataset, reshuffled by `on_epoch_end` when `shuffle`.
-    An image without instances, or one that fails to load (logged with its
-    traceback), is replaced by the next image in the order, so every batch is
-    full; more than MAX_CONSECUTIVE_ERRORS failures in one batch raise the
-    error. Worker threads (`workers=N`, `use_multiprocessing=False`) never
+    An image without instances (unless its image_info has "train_empty", see
+    `_load_sample`), or one that fails to load (logged with its traceback),
+    is replaced by the next image in the order, so every batch is full;
+    more than MAX_CONSECUTIVE_ERRORS failures in one batch raise the error.
+    Worker threads (`workers=N`, `use_multiprocessing=False`) never
     hang on Windows as processes can.
     """
 
