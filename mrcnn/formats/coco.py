@@ -1,0 +1,219 @@
+"""COCO instance annotations (JSON) as a `utils.Dataset`, compatible with matterport's
+samples/coco/coco.py `CocoDataset`.
+
+Class ids: the COCO categories (all, or `class_ids`) are registered in
+ascending id order under the source "coco", so after `prepare()` they are the
+contiguous ids 1..K; `dataset.map_source_class_id("coco.90")` gives our id of
+category 90 and `dataset.get_source_class_id(k, "coco")` the category id of
+our class k. `image_info[i]["id"]` is the COCO image id.
+"""
+
+import contextlib
+import io
+import os
+
+from pycocotools import mask as mask_utils
+from pycocotools.coco import COCO
+
+from mrcnn.formats import common
+
+DEFAULT_DATASET_YEAR = "2014"
+
+
+class CocoDataset(common.FormatDataset):
+    """Images and instance masks of a COCO-format annotation file.
+
+    Masks are decoded on demand by `load_mask` from polygons, compressed RLE
+    (string or bytes counts) or uncompressed RLE (list counts), with
+    pycocotools as matterport did. Crowd annotations (iscrowd=1) get the
+    negative class id, so the training targets exclude them (the RPN and the
+    RoI sampler do not use their area as background either). Annotations whose
+    mask covers no pixel are dropped, as in matterport.
+    """
+
+    def load_coco(self, dataset_dir, subset, year=DEFAULT_DATASET_YEAR, class_ids=None, *,
+                  return_coco=False, train_empty=False, on_error="skip", source="coco"):
+        """Load a COCO subset from matterport's folder layout.
+
+        Annotations: {dataset_dir}/annotations/instances_{subset}{year}.json;
+        images: {dataset_dir}/{subset}{year}/ ("minival" and "valminusminival"
+        use the images of val{year}). The other arguments are those of
+        `load_coco_json`. matterport's `auto_download` is not offered.
+        """
+        annotation_file = os.path.join(dataset_dir, "annotations", f"instances_{subset}{year}.json")
+        image_subset = "val" if subset in ("minival", "valminusminival") else subset
+        image_dir = os.path.join(dataset_dir, f"{image_subset}{year}")
+        return self.load_coco_json(annotation_file, image_dir, class_ids, return_coco=return_coco,
+                                   train_empty=train_empty, on_error=on_error, source=source)
+
+    def load_coco_json(self, annotation_file, image_dir=None, class_ids=None, *,
+                       return_coco=False, train_empty=False, on_error="skip", source="coco"):
+        """Add the images and annotations of a COCO JSON file.
+
+        image_dir: folder of the images' `file_name`s (default: the JSON's folder).
+        class_ids: COCO category ids to load (in this order); then, as in
+            matterport, only images with at least one annotation of these
+            categories are added. None loads all categories and all images,
+            including those without annotations.
+        return_coco: also return the file as a pycocotools `COCO` object (for
+            COCOeval).
+        train_empty: images without any annotation are always added (they
+            count in evaluation); with train_empty=True training also uses
+            them as pure background (image_info["train_empty"]), otherwise the
+            training pipeline skips them as it skips every image without
+            instances. Images whose annotations were all skipped as bad are
+            never trained as background.
+        on_error: "skip" reports bad annotations and images in
+            `self.problems` and leaves them out (one warning per call);
+            "raise" raises `AnnotationError` at the first one. Checked: image
+            file missing, unknown category or image id, polygon with < 3
+            points, bbox or polygon outside the image, RLE of another size,
+            annotation without segmentation.
+        source: the source name of the classes and images.
+
+        Raises FileNotFoundError for a missing file, ValueError for a file
+        that is not COCO, a category name given to two ids, unknown
+        `class_ids`, or when no image is loaded.
+        """
+        data = common.read_json(annotation_file, "COCO")
+        if not (isinstance(data, dict) and isinstance(data.get("images"), list)
+                and isinstance(data.get("annotations"), list)
+                and isinstance(data.get("categories"), list)):
+            raise common.wrong_format(annotation_file, data, "COCO",
+                                      "with 'images', 'annotations' and 'categories' lists")
+        loading = common.Loading(self, annotation_file, on_error)
+        if image_dir is None:
+            image_dir = os.path.dirname(os.path.abspath(annotation_file))
+
+        categories = {c["id"]: c["name"] for c in data["categories"]}
+        if class_ids:
+            unknown = [i for i in class_ids if i not in categories]
+            if unknown:
+                raise ValueError(f"{annotation_file}: class_ids {unknown} are not category ids of "
+                                 f"the file (those are {sorted(categories)}).")
+        selected = list(class_ids) if class_ids else sorted(categories)
+        self._add_categories(annotation_file, source, {i: categories[i] for i in selected})
+
+        by_image = {image.get("id"): [] for image in data["images"]}
+        for ann in data["annotations"]:
+            if ann.get("image_id") in by_image:
+                by_image[ann["image_id"]].append(ann)
+            else:
+                loading.report(ann.get("image_id"), ann.get("id"), common.IMAGE,
+                               f"annotation of image id {ann.get('image_id')!r}, which 'images' "
+                               "does not list")
+
+        selected = set(selected)
+        seen = set()
+        for image in data["images"]:
+            image_id = image.get("id")
+            if image_id in seen:
+                loading.report(image_id, None, common.IMAGE, "image id listed twice in 'images'")
+                continue
+            seen.add(image_id)
+            anns = by_image[image_id]
+            if class_ids and not any(a.get("category_id") in selected for a in anns):
+                continue
+            path = os.path.join(image_dir, str(image.get("file_name", "")))
+            height, width = image.get("height"), image.get("width")
+            size = loading.image_size(image_id, path, (height, width) if isinstance(height, int)
+                                      and isinstance(width, int) else None)
+            if size is None:
+                continue
+            height, width = size
+            good = []
+            for ann in anns:
+                category_id = ann.get("category_id")
+                if category_id not in categories:
+                    loading.report(image_id, ann.get("id"), common.CATEGORY,
+                                   f"unknown category id {category_id!r}; the file's categories "
+                                   f"are {sorted(categories)}")
+                elif category_id in selected:
+                    bad = _check_annotation(ann, height, width)
+                    if bad:
+                        loading.report(image_id, ann.get("id"), *bad)
+                    else:
+                        good.append(ann)
+            self.add_image(source, image_id=image_id, path=path, width=width, height=height,
+                           annotations=good, coco_url=image.get("coco_url"), format="coco",
+                           train_empty=train_empty and not anns)
+        loading.finish()
+        if return_coco:
+            coco = COCO()
+            coco.dataset = data
+            with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress
+                coco.createIndex()
+            return coco
+
+    def _add_categories(self, annotation_file, source, categories):
+        """Register {category id: name}; a name given to two ids, or an id renamed, is an error."""
+        owners = {}
+        for info in self.class_info:
+            if info["source"] == source:
+                owners.setdefault(info["name"], info["id"])
+                if info["id"] in categories and categories[info["id"]] != info["name"]:
+                    raise ValueError(f"{annotation_file}: category {info['id']} is named "
+                                     f"{categories[info['id']]!r} but source {source!r} already "
+                                     f"has it as {info['name']!r}. Load files with different "
+                                     "categories with different `source` names.")
+        for category_id, name in categories.items():
+            if owners.setdefault(name, category_id) != category_id:
+                raise ValueError(f"{annotation_file}: class name {name!r} is given to categories "
+                                 f"{owners[name]} and {category_id}. Rename one, or pass "
+                                 "class_ids to load only one of them.")
+            self.add_class(source, category_id, name)
+
+    def load_mask(self, image_id):
+        """Masks [H, W, N] bool and class ids [N] int32 (negative for crowds) of a COCO image."""
+        info = self.image_info[image_id]
+        if info.get("format") != "coco":
+            return super().load_mask(image_id)
+        h, w = info["height"], info["width"]
+        return self._pack(info, ((a["category_id"], a.get("iscrowd", 0), self.annToMask(a, h, w))
+                                 for a in info["annotations"]))
+
+    def annToRLE(self, ann, height, width):
+        """RLE of an annotation's polygons (all parts merged), uncompressed or compressed RLE."""
+        segm = ann["segmentation"]
+        if isinstance(segm, list):
+            return mask_utils.merge(mask_utils.frPyObjects(segm, height, width))
+        if isinstance(segm["counts"], list):
+            return mask_utils.frPyObjects(segm, height, width)
+        return segm
+
+    def annToMask(self, ann, height, width):
+        """Binary mask [height, width] (uint8) of an annotation."""
+        return mask_utils.decode(self.annToRLE(ann, height, width))
+
+
+def _check_annotation(ann, height, width):
+    """(kind, message) of what makes an annotation unusable, or None."""
+    segm = ann.get("segmentation")
+    bbox = ann.get("bbox")
+    if isinstance(bbox, list) and len(bbox) == 4 and all(common.is_number(v) for v in bbox):
+        x, y, w, h = bbox
+        bad = common.check_box(x, y, x + w, y + h, height, width, what="bbox")
+        if bad:
+            return bad
+    if not segm:
+        return common.SEGMENTATION, "no segmentation; Mask R-CNN needs a polygon or RLE mask"
+    if isinstance(segm, list):
+        for part in segm:
+            if not isinstance(part, list) or len(part) % 2:
+                return common.POLYGON, "polygon is not a flat list of x, y pairs"
+            bad = common.check_shape(("polygon", part[0::2], part[1::2]), height, width)
+            if bad:
+                return bad
+        return None
+    if not isinstance(segm, dict) or "counts" not in segm or "size" not in segm:
+        return common.SEGMENTATION, ("segmentation is neither polygons nor an RLE with 'counts' "
+                                     "and 'size'")
+    if list(segm["size"]) != [height, width]:
+        return common.SEGMENTATION, (f"RLE size {list(segm['size'])} differs from the image's "
+                                     f"[height, width] [{height}, {width}]")
+    counts = segm["counts"]
+    if isinstance(counts, list) and (not all(isinstance(c, int) and c >= 0 for c in counts)
+                                     or sum(counts) != height * width):
+        return common.SEGMENTATION, (f"uncompressed RLE counts must be non-negative integers "
+                                     f"summing to height * width = {height * width}")
+    return None

@@ -1,0 +1,1 @@
+"""matterport's balloon sample: BalloonConfig and BalloonDataset (balloon.py)."""

@@ -1,0 +1,1 @@
+"""matterport's COCO sample: CocoConfig and CocoDataset (coco.py)."""

@@ -1,0 +1,1 @@
+"""matterport's nucleus sample: NucleusConfig and NucleusDataset (nucleus.py)."""
