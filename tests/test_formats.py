@@ -227,6 +227,8 @@ def test_coco_bad_files_and_class_clashes(tmp_path):
         CocoDataset().load_coco_json(write_coco(tmp_path), tmp_path / "images", on_error="ignore")
     with pytest.raises(ValueError, match="Unknown dataset format 'yolo'"):
         load_dataset("yolo", tmp_path)
+    with pytest.raises(ValueError, match="image_dir is not used for format 'labelme'"):
+        load_dataset("labelme", tmp_path, image_dir=tmp_path)
 
 
 ############################################################

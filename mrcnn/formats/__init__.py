@@ -35,7 +35,7 @@ __all__ = ["AnnotationError", "CocoDataset", "FORMATS", "LabelmeDataset", "MaskF
            "Problem", "ViaDataset", "load_dataset"]
 
 
-def load_dataset(format, path, subset=None, **options):
+def load_dataset(format, path, subset=None, image_dir=None, **options):
     """A prepared dataset of `format` ("coco", "via", "labelme" or "masks").
 
     path: the annotation file for "coco" and "via", the folder for "labelme"
@@ -44,28 +44,36 @@ def load_dataset(format, path, subset=None, **options):
         coco: `CocoDataset.load_coco(path, subset, year)` (option `year`,
         default "2014"); via: {path}/{subset}/via_region_data.json (the
         balloon layout); labelme and masks: the folder {path}/{subset}.
+    image_dir: the images' folder for "coco" (without subset) and "via";
+        None: the annotation file's folder. labelme and mask folders say
+        where their images are, so they take none.
     options: keyword arguments of the loader (`load_coco_json`/`load_coco`,
-        `load_via`, `load_labelme`, `load_mask_folder`), e.g. image_dir,
-        class_ids, class_attribute, class_names, train_empty, on_error, source.
+        `load_via`, `load_labelme`, `load_mask_folder`), e.g. class_ids,
+        class_attribute, class_names, train_empty, on_error, source.
     """
+    if format not in FORMATS:
+        raise ValueError(f"Unknown dataset format {format!r}; use one of {FORMATS}.")
+    if image_dir is not None and (format in ("labelme", "masks") or
+                                  (format == "coco" and subset is not None)):
+        raise ValueError(f"image_dir is not used for format {format!r}"
+                         + (" with a subset" if format == "coco" else "")
+                         + "; the images' place follows from the dataset's layout.")
     if format == "coco":
         dataset = CocoDataset()
         if subset is None:
-            dataset.load_coco_json(path, **options)
+            dataset.load_coco_json(path, image_dir, **options)
         else:
             dataset.load_coco(path, subset, **options)
     elif format == "via":
         dataset = ViaDataset()
         dataset.load_via(path if subset is None else
-                         os.path.join(path, subset, "via_region_data.json"), **options)
+                         os.path.join(path, subset, "via_region_data.json"), image_dir, **options)
     elif format == "labelme":
         dataset = LabelmeDataset()
         dataset.load_labelme(path if subset is None else os.path.join(path, subset), **options)
-    elif format == "masks":
+    else:
         dataset = MaskFolderDataset()
         dataset.load_mask_folder(path if subset is None else os.path.join(path, subset),
                                  **options)
-    else:
-        raise ValueError(f"Unknown dataset format {format!r}; use one of {FORMATS}.")
     dataset.prepare()
     return dataset
