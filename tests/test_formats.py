@@ -480,12 +480,13 @@ def test_mask_folder_bad_items(tmp_path):
     ds = MaskFolderDataset()
     with pytest.warns(UserWarning, match="1 mask, 1 missing_image"):
         ds.load_mask_folder(tmp_path)
-    assert {(p.image, p.annotation, p.kind) for p in ds.problems} == {
-        ("s1", "small.png", "mask"), ("s2", None, "missing_image")}
+    assert {(p.file, p.image, p.annotation, p.kind) for p in ds.problems} == {
+        (str(tmp_path / "s1" / "masks" / "small.png"), "s1", "small.png", "mask"),
+        (str(tmp_path / "s2"), "s2", None, "missing_image")}
     ds.prepare()
     assert ds.load_mask(0)[1].tolist() == [1]
-    with pytest.raises(AnnotationError, match="image 's1', annotation 'small.png': mask is 10x10, "
-                                              "the image 60x40"):
+    with pytest.raises(AnnotationError, match="small.png: image 's1', annotation 'small.png': "
+                                              "mask is 10x10, the image 60x40"):
         MaskFolderDataset().load_mask_folder(tmp_path, on_error="raise")
     with pytest.raises(FileNotFoundError, match="Mask folder"):
         MaskFolderDataset().load_mask_folder(tmp_path / "nowhere")

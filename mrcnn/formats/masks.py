@@ -37,7 +37,8 @@ class MaskFolderDataset(common.FormatDataset):
         train_empty, on_error, source: as for `CocoDataset.load_coco_json`; a
             sample without masks is an image without annotations.
 
-        Each mask file is checked to be readable and of the image's size.
+        Each mask file is checked to be readable and of the image's size. A
+        problem's `file` is the mask file, or the sample folder for the image.
         Raises FileNotFoundError when `root` is not a folder, ValueError
         when no image is loaded.
         """
@@ -69,10 +70,10 @@ class MaskFolderDataset(common.FormatDataset):
         for sample, path, masks in samples:
             if path is None:
                 loading.report(sample, None, common.MISSING_IMAGE,
-                               f"no image {sample}.* (or single image) in "
-                               f"{os.path.join(root, sample, 'images')!r}")
+                               f"no image {sample}.* (or single image) in its images/ folder",
+                               file=os.path.join(root, sample))
                 continue
-            size = loading.image_size(sample, path)
+            size = loading.image_size(sample, path, file=os.path.join(root, sample))
             if size is None:
                 continue
             instances = []
@@ -80,17 +81,19 @@ class MaskFolderDataset(common.FormatDataset):
                 name = os.path.relpath(mask_path, os.path.join(root, sample, "masks"))
                 if class_name not in ids:
                     loading.report(sample, name, common.CATEGORY,
-                                   f"unknown class {class_name!r}; classes are {names}")
+                                   f"unknown class {class_name!r}; classes are {names}",
+                                   file=mask_path)
                     continue
                 try:
                     mask_size = common.image_size(mask_path)
                 except OSError as e:
-                    loading.report(sample, name, common.MASK, f"cannot read mask ({e})")
+                    loading.report(sample, name, common.MASK, f"cannot read mask ({e})",
+                                   file=mask_path)
                     continue
                 if mask_size != size:
                     loading.report(sample, name, common.MASK,
                                    f"mask is {mask_size[1]}x{mask_size[0]}, the image "
-                                   f"{size[1]}x{size[0]}")
+                                   f"{size[1]}x{size[0]}", file=mask_path)
                     continue
                 instances.append({"id": name, "class_id": ids[class_name], "file": mask_path})
             self.add_image(source, image_id=sample, path=path, width=size[1], height=size[0],
