@@ -26,16 +26,13 @@ from mrcnn.data import (  # noqa: F401
 from mrcnn.dataset import to_rgb_uint8
 from mrcnn.graph import build_inference_model, build_training_model
 from mrcnn.graph_utils import parse_image_meta_graph  # noqa: F401
+from mrcnn.imagenet import RESNET50_IMAGENET_URL, RESNET101_IMAGENET_URL, imagenet_weights  # noqa: F401
 from mrcnn.roi_heads import (  # noqa: F401
     DetectionLayer, DetectionTargetLayer, PyramidROIAlign, build_fpn_mask_graph,
     fpn_classifier_graph, mrcnn_bbox_loss_graph, mrcnn_class_loss_graph, mrcnn_mask_loss_graph)
 from mrcnn.rpn import (  # noqa: F401
     ProposalLayer, build_rpn_model, rpn_bbox_loss_graph, rpn_class_loss_graph)
 from mrcnn.weights import keras2_layout, load_weights_by_name, save_weights_by_name
-
-# ResNet-50 ImageNet weights (no top) that matterport initialises from; names match resnet_graph.
-RESNET50_IMAGENET_URL = ("https://github.com/fchollet/deep-learning-models/releases/download/v0.2/"
-                         "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5")
 
 # train(layers=...) presets: regular expressions over layer names.
 LAYER_PRESETS = {
@@ -168,13 +165,20 @@ class MaskRCNN:
         self.set_log_dir(filepath)
         return report
 
-    def get_imagenet_weights(self, url=RESNET50_IMAGENET_URL):
-        """Path of the ResNet-50 ImageNet weights matterport used, downloaded once to the Keras cache."""
-        folder = os.path.join(os.environ.get("KERAS_HOME", os.path.expanduser("~/.keras")), "models")
-        path = os.path.join(folder, url.rsplit("/", 1)[-1])
-        if not os.path.exists(path):
-            utils.download_file(url, path, what="ResNet-50 ImageNet weights")
-        return path
+    def get_imagenet_weights(self, backbone=None, url=None):
+        """Path of ImageNet weights for `backbone` (default: config.BACKBONE), cached in the Keras cache.
+
+        "resnet50": matterport's file. "resnet101": keras.applications' file,
+        converted once to matterport's names (matterport gave ResNet-101
+        models the ResNet-50 file; pass backbone="resnet50" for that). See
+        mrcnn.imagenet for the mapping and how the features differ.
+        """
+        backbone = self.config.BACKBONE if backbone is None else backbone
+        if callable(backbone):
+            raise ValueError("get_imagenet_weights(): config.BACKBONE is a custom callable, which has "
+                             "no ImageNet weights; pass backbone='resnet50' or 'resnet101' if it "
+                             "uses their layer names, else train it from scratch.")
+        return imagenet_weights(backbone, url=url)
 
     # ------------------------------------------------------------ training
 
