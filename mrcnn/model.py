@@ -24,6 +24,7 @@ from mrcnn.data import (  # noqa: F401
     compute_anchors, data_generator, generate_random_rois, load_image_gt, mold_image,
     parse_image_meta, unmold_image)
 from mrcnn.dataset import to_rgb_uint8
+from mrcnn.export import export_saved_model
 from mrcnn.graph import build_inference_model, build_training_model
 from mrcnn.graph_utils import parse_image_meta_graph  # noqa: F401
 from mrcnn.imagenet import RESNET50_IMAGENET_URL, RESNET101_IMAGENET_URL, imagenet_weights  # noqa: F401
@@ -421,6 +422,11 @@ class MaskRCNN:
             result[name] = np.asarray(value)
             log(name, result[name])
         return result
+
+    def export_saved_model(self, path, overwrite=False):
+        """Write a SavedModel that takes one image (uint8 [H, W, 3], or encoded bytes) and returns
+        detect()'s rois, class_ids, scores and masks, molding and unmolding in the graph; see mrcnn.export."""
+        return export_saved_model(self, path, overwrite=overwrite)
 
 
 def _is_complete_weights_file(path):
