@@ -19,6 +19,7 @@ from mrcnn import weights as W
 REFERENCE = Path("/work/shared/reference") if Path("/work/shared/reference").is_dir() else \
     Path(__file__).resolve().parents[2] / "shared" / "reference"
 SHAPES_R50 = REFERENCE / "matterport_layout_shapes_resnet50.json"
+COCO_R101 = REFERENCE / "matterport_layout_coco_resnet101.json"
 
 
 # --------------------------------------------------------------------------- stand-in models
@@ -467,12 +468,12 @@ def holder_model(listing):
     return HolderModel("mask_rcnn", layers)
 
 
-@pytest.fixture(scope="module")
-def reference_file(tmp_path_factory):
-    if not SHAPES_R50.exists():
-        pytest.skip(f"reference listing {SHAPES_R50} not available")
-    listing = json.loads(SHAPES_R50.read_text())
-    path = tmp_path_factory.mktemp("ref") / "golden_shapes.h5"
+@pytest.fixture(scope="module", params=[SHAPES_R50, COCO_R101], ids=["shapes_resnet50", "coco_resnet101"])
+def reference_file(request, tmp_path_factory):
+    if not request.param.exists():
+        pytest.skip(f"reference listing {request.param} not available")
+    listing = json.loads(request.param.read_text())
+    path = tmp_path_factory.mktemp("ref") / listing["file"]
     write_reference_file(listing, path)
     return listing, path
 
@@ -513,15 +514,17 @@ def test_matterport_file_loads_into_the_inference_graph(reference_file, tmp_path
     graph = pytest.importorskip("mrcnn.graph", reason="mrcnn.graph (build_inference_model) not built yet")
     from mrcnn.config import Config
 
-    class ShapesInference(Config):
-        NAME = "shapes"
-        NUM_CLASSES = 1 + 3
-        BACKBONE = "resnet50"
+    listing, path = reference_file
+    layers = {layer["name"]: layer["weights"] for layer in listing["layers"]}
+
+    class ListingInference(Config):          # the listing's backbone and class count
+        NAME = "listing"
+        NUM_CLASSES = layers["mrcnn_class_logits"][0]["shape"][-1]
+        BACKBONE = "resnet101" if "res4w_branch2a" in layers else "resnet50"
         IMAGE_MIN_DIM = IMAGE_MAX_DIM = 128
         GPU_COUNT = IMAGES_PER_GPU = 1
 
-    _, path = reference_file
-    model = graph.build_inference_model(ShapesInference())
+    model = graph.build_inference_model(ListingInference())
     report = W.load_weights_by_name(model, path)
     assert report.missing_from_file == [] and report.not_in_model == []
     assert_loaded_as_named(model, path)
