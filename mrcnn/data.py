@@ -22,7 +22,7 @@ import numpy as np
 
 from mrcnn import utils
 from mrcnn.backbone import compute_backbone_shapes
-from mrcnn.dataset import to_rgb_uint8
+from mrcnn.dataset import to_channels
 
 logger = logging.getLogger(__name__)
 
@@ -121,7 +121,11 @@ def load_image_gt(dataset, config, image_id, augmentation=None, use_mini_mask=No
         False).
     augment: deprecated, a random horizontal flip; use `augmentation`.
 
-    Returns image [H, W, C] (uint8 for 3-channel configs), image_meta (see
+    The image is brought to config.IMAGE_CHANNEL_COUNT channels by
+    `dataset.to_channels`: RGB uint8 for 3, RGB from load_image turned gray for
+    1; for other counts load_image must return [H, W, C] arrays.
+
+    Returns image [H, W, C], image_meta (see
     `compose_image_meta`), class_ids [N] int32, bbox [N, (y1, x1, y2, x2)]
     int32 and bool masks [H, W, N] (or [*MINI_MASK_SHAPE, N]). Instances whose
     mask is empty after resizing or augmentation are dropped together with
@@ -180,17 +184,8 @@ def _check_dataset(dataset, config):
 
 
 def _checked_image(image, image_id, config):
-    """The loaded image as [H, W, IMAGE_CHANNEL_COUNT] (uint8 RGB for 3 channels)."""
-    if config.IMAGE_CHANNEL_COUNT == 3:
-        return to_rgb_uint8(image, f"Image {image_id} (from load_image)")
-    image = np.asarray(image)
-    if image.ndim == 2 and config.IMAGE_CHANNEL_COUNT == 1:
-        image = image[:, :, np.newaxis]
-    if image.ndim != 3 or image.shape[-1] != config.IMAGE_CHANNEL_COUNT:
-        raise ValueError(f"Image {image_id}: load_image returned shape {image.shape} but "
-                         f"IMAGE_CHANNEL_COUNT is {config.IMAGE_CHANNEL_COUNT}. Return "
-                         f"[H, W, {config.IMAGE_CHANNEL_COUNT}] images or change the config.")
-    return image
+    """The loaded image as [H, W, IMAGE_CHANNEL_COUNT] (see `dataset.to_channels`)."""
+    return to_channels(image, config.IMAGE_CHANNEL_COUNT, f"Image {image_id} (from load_image)")
 
 
 def _checked_mask(mask, class_ids, image, image_id, config):

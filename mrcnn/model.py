@@ -23,7 +23,7 @@ from mrcnn.data import (  # noqa: F401
     MaskRCNNSequence, build_detection_targets, build_rpn_targets, compose_image_meta,
     compute_anchors, data_generator, generate_random_rois, load_image_gt, mold_image,
     parse_image_meta, unmold_image)
-from mrcnn.dataset import to_rgb_uint8
+from mrcnn.dataset import to_channels
 from mrcnn.export import export_saved_model
 from mrcnn.graph import build_inference_model, build_training_model
 from mrcnn.graph_utils import parse_image_meta_graph  # noqa: F401
@@ -296,17 +296,8 @@ class MaskRCNN:
         return np.stack(molded_images), np.stack(image_metas), np.stack(windows)
 
     def _check_image(self, image, index):
-        """Bring a user's image to [H, W, IMAGE_CHANNEL_COUNT], or raise a ValueError saying why not."""
-        image = np.asarray(image)
-        channels = self.config.IMAGE_CHANNEL_COUNT
-        if channels == 3:
-            return to_rgb_uint8(image, f"detect(): image {index}")
-        if image.ndim == 2 and channels == 1:
-            image = image[..., None]
-        if image.ndim != 3 or image.shape[-1] != channels or min(image.shape[:2]) < 1:
-            raise ValueError(f"detect(): image {index} has shape {image.shape}; this config "
-                             f"(IMAGE_CHANNEL_COUNT={channels}) takes [H, W, {channels}] arrays.")
-        return image
+        """Bring a user's image to [H, W, IMAGE_CHANNEL_COUNT] (see `dataset.to_channels`)."""
+        return to_channels(image, self.config.IMAGE_CHANNEL_COUNT, f"detect(): image {index}")
 
     def unmold_detections(self, detections, mrcnn_mask, original_image_shape, image_shape, window):
         """One image's detections in original-image pixels: boxes, class_ids, scores, full masks.

@@ -15,6 +15,7 @@ by the layer's own variables (by short name, else by order). It never uses
 """
 
 import dataclasses
+import logging
 import os
 import re
 import tempfile
@@ -43,6 +44,8 @@ LAYOUT_HELP = ("A Keras-2-layout weights file (as matterport's Mask_RCNN and Ker
                "attribute `layer_names` (or a `model_weights` group holding it) and one group "
                "per layer with a `weight_names` attribute.")
 
+logger = logging.getLogger(__name__)
+
 _RES4_BLOCK = re.compile(r"res4([a-z]+)_branch2a")
 _BACKBONE_NAMES = {6: "ResNet-50", 23: "ResNet-101"}
 
@@ -59,6 +62,7 @@ class LoadReport:
     excluded: list        # file layers skipped because of `exclude`
     not_in_model: list    # file layers with weights that match no model layer
     missing_from_file: list  # model layers with weights the file did not set (excluded ones aside)
+    adapted: list = dataclasses.field(default_factory=list)  # RGB input kernels adapted (adapt_input_kernel)
 
 
 # --------------------------------------------------------------------------- reading
@@ -215,6 +219,42 @@ def _split_nested(group_name, file_weights, leaves):
     return list(parts.items())
 
 
+def adapt_input_kernel(kernel, channels):
+    """An RGB convolution kernel [kh, kw, 3, n] adapted to images of `channels` channels.
+
+    1 channel: the sum over the RGB axis, so a gray image gives exactly the
+    response the original kernel gives to that image repeated as RGB.
+    More than 3: the RGB kernels, then zeros for the extra channels, so the
+    model starts out as the pretrained RGB model on the first three channels
+    (the frozen BatchNorm statistics after it still fit) and training learns
+    the extra channels (their gradients do not depend on their weights).
+    Other counts (2) have no such rule and raise ValueError.
+    """
+    kernel = np.asarray(kernel)
+    if kernel.ndim != 4 or kernel.shape[2] != 3:
+        raise ValueError(f"adapt_input_kernel: expected an RGB kernel [kh, kw, 3, n], got {kernel.shape}.")
+    if channels == 1:
+        return kernel.sum(axis=2, keepdims=True)
+    if channels > 3:
+        extra = np.zeros(kernel.shape[:2] + (channels - 3, kernel.shape[3]), kernel.dtype)
+        return np.concatenate([kernel, extra], axis=2)
+    raise ValueError(f"adapt_input_kernel: no rule for {channels} channels (1 or more than 3 are "
+                     "adapted); exclude the layer to train it from scratch.")
+
+
+def _image_channels(model):
+    """Channels of the model's `input_image` (None without one)."""
+    return next((t.shape[-1] for t in getattr(model, "inputs", None) or [] if t.name == "input_image"),
+                None)
+
+
+def _adaptable(file_shape, model_shape, image_channels):
+    """True for an RGB input kernel in the file and the same kernel for the model's image channels."""
+    return (len(file_shape) == len(model_shape) == 4 and file_shape[2] == 3
+            and image_channels is not None and (image_channels == 1 or image_channels > 3)
+            and tuple(model_shape) == tuple(file_shape[:2]) + (image_channels, file_shape[3]))
+
+
 def _res4_blocks(names):
     return {m.group(1) for n in names if (m := _RES4_BLOCK.fullmatch(n))}
 
@@ -280,7 +320,10 @@ def load_weights_by_name(model, filepath, exclude=None, verbose=0):
     or the preset ``"heads_for_new_classes"`` (mrcnn_class_logits,
     mrcnn_bbox_fc, mrcnn_bbox, mrcnn_mask). All shape mismatches are reported
     in one ValueError that names the ``exclude=[...]`` fixing them; nothing is
-    assigned unless everything fits. Returns a `LoadReport`.
+    assigned unless everything fits. A 3-channel input kernel (conv1 of
+    ImageNet or COCO weights) loaded into a model for 1 or more than 3 image
+    channels (IMAGE_CHANNEL_COUNT) is adapted by `adapt_input_kernel` and
+    listed in the report's `adapted`. Returns a `LoadReport`.
     """
     exclude_names = _expand_exclude(exclude)
     leaves, nested = _model_layers(model)
@@ -320,7 +363,8 @@ def load_weights_by_name(model, filepath, exclude=None, verbose=0):
                 f"{not_in_model[:5]}, the model {list(leaves)[:5]}. Is it a weights file for "
                 f"this network (Keras applications' newer ResNet files use other names)?")
 
-        mismatches, assignments = [], []
+        mismatches, assignments, adapted = [], [], []
+        image_channels = _image_channels(model)
         for leaf, _, file_weights in matched:
             variables = leaves[leaf][0].weights
             if len(file_weights) != len(variables):
@@ -330,7 +374,10 @@ def load_weights_by_name(model, filepath, exclude=None, verbose=0):
                 continue
             pairs = _pair(file_weights, variables)
             bad = [f"{w}: file {tuple(ds.shape)} vs model {tuple(v.shape)}"
-                   for (w, ds), v in pairs if tuple(ds.shape) != tuple(v.shape)]
+                   for (w, ds), v in pairs if tuple(ds.shape) != tuple(v.shape)
+                   and not _adaptable(ds.shape, v.shape, image_channels)]
+            if not bad and any(tuple(ds.shape) != tuple(v.shape) for (_, ds), v in pairs):
+                adapted.append(leaf)
             if bad:
                 mismatches.append((leaf, "; ".join(bad)))
             assignments.extend(pairs)
@@ -339,13 +386,20 @@ def load_weights_by_name(model, filepath, exclude=None, verbose=0):
 
         values = [(v, f.read(ds)) for (_, ds), v in assignments]
     for variable, value in values:
+        if value.shape != tuple(variable.shape):
+            value = adapt_input_kernel(value, image_channels)
         variable.assign(np.asarray(value, dtype=variable.dtype))
 
     loaded = [e[0] for e in matched]
     missing = [name for name in leaves if name not in loaded and not is_excluded(name)]
-    report = LoadReport(path, loaded, skipped, not_in_model, missing)
+    report = LoadReport(path, loaded, skipped, not_in_model, missing, adapted)
+    for name in adapted:
+        logger.info("%s: adapted %s's RGB kernel to %s image channels (adapt_input_kernel)",
+                    path, name, image_channels)
     if verbose:
         print(f"Loaded {len(loaded)} layers from {path}")
+        if adapted:
+            print(f"  Adapted from RGB to {image_channels} image channels: {', '.join(adapted)}")
         for label, names in (("Excluded", skipped), ("In the file, not in the model", not_in_model),
                              ("Not set by the file", missing)):
             if names:
