@@ -10,7 +10,7 @@ import types
 import numpy as np
 import pytest
 
-from mrcnn import utils
+from mrcnn import evaluate, utils
 from samples.shapes import shapes
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -108,28 +108,31 @@ def test_configs_validate_and_the_lite_backbone_matches_its_shapes():
 
 
 def test_metrics_of_perfect_predictions_are_one(dataset):
-    gts = shapes.ground_truth(dataset, dataset.image_ids[:10])
-    perfect = [dict(gt, scores=np.ones(len(gt["class_ids"]), np.float32)) for gt in gts]
-    assert shapes.mean_ap(gts, perfect) == 1.0
-    coco = shapes.coco_ap(gts, perfect)
+    ids = dataset.image_ids[:10]
+    perfect = [dict(gt, scores=np.ones(len(gt["class_ids"]), np.float32))
+               for gt in evaluate.ground_truth(dataset, ids)]
+    metrics = evaluate.score_detections(dataset, perfect, ids)
+    assert metrics["mAP50"] == 1.0
     for iou_type in ("segm", "bbox"):
-        assert coco[iou_type]["AP"] == pytest.approx(1.0)
-        assert coco[iou_type]["AP50"] == pytest.approx(1.0)
+        assert metrics[iou_type]["AP"] == pytest.approx(1.0)
+        assert metrics[iou_type]["AP50"] == pytest.approx(1.0)
 
 
 def test_metrics_drop_for_missing_or_wrong_predictions(dataset):
-    gts = shapes.ground_truth(dataset, dataset.image_ids[:10])
+    ids = dataset.image_ids[:10]
+    gts = evaluate.ground_truth(dataset, ids)
     preds = []
     for gt in gts:
         keep = slice(1, None)  # every image misses its first instance
         preds.append({"rois": gt["rois"][keep], "class_ids": gt["class_ids"][keep],
                       "masks": gt["masks"][:, :, keep], "scores": np.ones(len(gt["class_ids"]) - 1)})
-    assert shapes.mean_ap(gts, preds) < 1.0
-    assert shapes.coco_ap(gts, preds)["segm"]["AP"] < 1.0
+    metrics = evaluate.score_detections(dataset, preds, ids)
+    assert metrics["mAP50"] < 1.0 and metrics["segm"]["AP"] < 1.0
     empty = [{"rois": np.zeros((0, 4), np.int32), "class_ids": np.zeros(0, np.int32),
               "masks": np.zeros((128, 128, 0), bool), "scores": np.zeros(0)} for _ in gts]
-    assert shapes.mean_ap(gts, empty) == 0.0
-    assert shapes.coco_ap(gts, empty) == {t: {"AP": 0.0, "AP50": 0.0, "AP75": 0.0} for t in ("segm", "bbox")}
+    metrics = evaluate.score_detections(dataset, empty, ids)
+    assert metrics["mAP50"] == 0.0
+    assert all(metrics[t][k] == 0.0 for t in ("segm", "bbox") for k in ("AP", "AP50", "AP75"))
 
 
 def test_time_budget_warms_up_decays_and_stops_after_max_steps():

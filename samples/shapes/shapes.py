@@ -15,9 +15,7 @@ the evaluation set from TEST_SEED.
 """
 
 import argparse
-import contextlib
 import csv
-import io
 import math
 import os
 import sys
@@ -30,10 +28,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import skimage.draw  # noqa: E402
 import skimage.io  # noqa: E402
-from pycocotools import mask as mask_utils  # noqa: E402
-from pycocotools.coco import COCO  # noqa: E402
-from pycocotools.cocoeval import COCOeval  # noqa: E402
-
+from mrcnn import evaluate as evaluation  # noqa: E402
 from mrcnn import model as modellib  # noqa: E402
 from mrcnn import utils, visualize  # noqa: E402
 from mrcnn.backbone import BatchNorm, bn_training  # noqa: E402
@@ -281,10 +276,7 @@ def optimizer_name(config):
 
 def inference_config(config_class, images_per_batch=1):
     """An instance of `config_class` for detection, `images_per_batch` images at a time."""
-    class InferenceConfig(config_class):
-        GPU_COUNT = 1
-        IMAGES_PER_GPU = images_per_batch
-    return InferenceConfig()
+    return evaluation.inference_config(config_class(), images_per_batch)
 
 
 def backbone_name(config):
@@ -296,102 +288,14 @@ def backbone_name(config):
 #  Evaluation
 ############################################################
 
-def ground_truth(dataset, image_ids):
-    """Per image a dict of rois [N, 4], class_ids [N] and masks [H, W, N], as detect() returns."""
-    gts = []
-    for image_id in image_ids:
-        masks, class_ids = dataset.load_mask(image_id)
-        gts.append({"rois": utils.extract_bboxes(masks), "class_ids": class_ids, "masks": masks})
-    return gts
+def evaluate(model, dataset):
+    """Detect on the dataset's images and score them with mrcnn.evaluate: (metrics, predictions).
 
-
-def mean_ap(gts, predictions, iou_threshold=0.5):
-    """matterport's mAP: utils.compute_ap (mask IoU) per image, averaged over the images."""
-    aps = [utils.compute_ap(gt["rois"], gt["class_ids"], gt["masks"], p["rois"], p["class_ids"],
-                            p["scores"], p["masks"], iou_threshold=iou_threshold)[0]
-           for gt, p in zip(gts, predictions)]
-    return float(np.mean(aps))
-
-
-def coco_ap(gts, predictions, num_classes=len(CLASS_NAMES)):
-    """COCO-style AP with pycocotools' COCOeval for "segm" and "bbox".
-
-    Returns {iou_type: {"AP": AP@[.5:.95], "AP50": ..., "AP75": ...}};
-    predictions need a "scores" entry. Boxes are (y1, x1, y2, x2) pixels,
-    x2/y2 exclusive, as everywhere in mrcnn.
+    metrics: `mrcnn.evaluate.score_detections`' dict (COCO AP for bbox and
+    segm, mAP@0.5 and mAP@[.5:.95] of utils.compute_ap).
     """
-    def rle(mask):
-        encoded = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
-        encoded["counts"] = encoded["counts"].decode("ascii")
-        return encoded
-
-    def xywh(box):
-        y1, x1, y2, x2 = (float(v) for v in box)
-        return [x1, y1, x2 - x1, y2 - y1]
-
-    images, annotations, results = [], [], {"segm": [], "bbox": []}
-    for image_id, (gt, pred) in enumerate(zip(gts, predictions), start=1):
-        height, width = gt["masks"].shape[:2]
-        images.append({"id": image_id, "height": height, "width": width})
-        for i, class_id in enumerate(gt["class_ids"]):
-            annotations.append({"id": len(annotations) + 1, "image_id": image_id,
-                                "category_id": int(class_id), "iscrowd": 0,
-                                "segmentation": rle(gt["masks"][:, :, i]),
-                                "area": float(gt["masks"][:, :, i].sum()), "bbox": xywh(gt["rois"][i])})
-        for i, class_id in enumerate(pred["class_ids"]):
-            common = {"image_id": image_id, "category_id": int(class_id), "score": float(pred["scores"][i])}
-            results["segm"].append({**common, "segmentation": rle(pred["masks"][:, :, i])})
-            results["bbox"].append({**common, "bbox": xywh(pred["rois"][i])})
-
-    stats = {}
-    with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress and tables
-        coco = COCO()
-        coco.dataset = {"images": images, "annotations": annotations,
-                        "categories": [{"id": c} for c in range(1, num_classes + 1)]}
-        coco.createIndex()
-        for iou_type, dets in results.items():
-            if not dets:
-                stats[iou_type] = {"AP": 0.0, "AP50": 0.0, "AP75": 0.0}
-                continue
-            evaluator = COCOeval(coco, coco.loadRes(dets), iou_type)
-            evaluator.evaluate()
-            evaluator.accumulate()
-            evaluator.summarize()
-            stats[iou_type] = {"AP": float(evaluator.stats[0]), "AP50": float(evaluator.stats[1]),
-                               "AP75": float(evaluator.stats[2])}
-    return stats
-
-
-def detect_all(model, images):
-    """model.detect over a list of images, BATCH_SIZE at a time (the last batch padded)."""
-    batch = model.config.BATCH_SIZE
-    results = []
-    for start in range(0, len(images), batch):
-        chunk = list(images[start:start + batch])
-        padded = chunk + [chunk[-1]] * (batch - len(chunk))
-        results.extend(model.detect(padded)[:len(chunk)])
-    return results
-
-
-def evaluate(model, dataset, image_ids=None):
-    """Detect on the dataset's images and score them: mAP@0.5 (compute_ap) and COCO AP.
-
-    Returns (metrics dict, predictions, ground truth).
-    """
-    image_ids = dataset.image_ids if image_ids is None else image_ids
-    gts = ground_truth(dataset, image_ids)
-    predictions = detect_all(model, [dataset.load_image(i) for i in image_ids])
-    metrics = {"mAP50": mean_ap(gts, predictions), "coco": coco_ap(gts, predictions)}
-    return metrics, predictions, gts
-
-
-def format_metrics(metrics, count):
-    """The evaluation as printable lines."""
-    lines = [f"mAP@0.5 (utils.compute_ap, mean over {count} images): {metrics['mAP50']:.4f}"]
-    for iou_type, s in metrics["coco"].items():
-        lines.append(f"COCO {iou_type:4} AP@[.5:.95] {s['AP']:.4f}  AP50 {s['AP50']:.4f}  "
-                     f"AP75 {s['AP75']:.4f}")
-    return "\n".join(lines)
+    predictions = evaluation.detect_dataset(model, dataset, verbose=0)
+    return evaluation.score_detections(dataset, predictions), predictions
 
 
 ############################################################
@@ -541,8 +445,8 @@ def train_main(args):
     weights = model.find_last()
     detector, _ = _load_inference_model(config_class, args.logs, weights, args.eval_batch)
     test_set = make_dataset(args.images, config, TEST_SEED)
-    metrics, predictions, _ = evaluate(detector, test_set)
-    print(format_metrics(metrics, args.images))
+    metrics, predictions = evaluate(detector, test_set)
+    print(evaluation.format_metrics(metrics))
     print(f"Evaluation took {time.time() - t_eval:.1f} s")
 
     _phase("Write PNGs")
@@ -558,8 +462,8 @@ def train_main(args):
     print(f"weights:     {weights}")
     print(f"detections:  {detections_png}")
     print(f"loss curve:  {curve_png}")
-    print(f"mAP@0.5:     {metrics['mAP50']:.4f}   COCO segm AP {metrics['coco']['segm']['AP']:.4f}, "
-          f"bbox AP {metrics['coco']['bbox']['AP']:.4f}")
+    print(f"mAP@0.5:     {metrics['mAP50']:.4f}   COCO segm AP {metrics['segm']['AP']:.4f}, "
+          f"bbox AP {metrics['bbox']['AP']:.4f}")
     print(f"total time:  {time.time() - t0:.0f} s after start-up")
     return metrics
 
@@ -569,8 +473,8 @@ def evaluate_main(args):
     config_class = CONFIGS[args.config]
     model, _ = _load_inference_model(config_class, args.logs, args.weights, args.eval_batch)
     dataset = make_dataset(args.images, model.config, args.seed)
-    metrics, _, _ = evaluate(model, dataset)
-    print(format_metrics(metrics, args.images))
+    metrics, _ = evaluate(model, dataset)
+    print(evaluation.format_metrics(metrics))
     return metrics
 
 
