@@ -10,6 +10,7 @@ setup(
     long_description_content_type="text/markdown",
     license="MIT",
     packages=find_packages(include=["mrcnn", "mrcnn.*"]),
+    entry_points={"console_scripts": ["mrcnn = mrcnn.cli:main"]},
     python_requires=">=3.10",
     install_requires=[
         "tensorflow>=2.16",   # the first release whose tf.keras is Keras 3

@@ -116,24 +116,8 @@ class MaskRCNN:
     # ------------------------------------------------------------ checkpoints
 
     def find_last(self):
-        """Path of the newest complete checkpoint of this config under model_dir.
-
-        Looks in the newest run folder first, then older ones; skips files
-        that are not complete weight files (e.g. cut off mid-write).
-        """
-        name = self.config.NAME.lower()
-        run_dirs = sorted(d for d in (os.listdir(self.model_dir) if os.path.isdir(self.model_dir) else [])
-                          if d.startswith(name) and os.path.isdir(os.path.join(self.model_dir, d)))
-        pattern = re.compile(r"mask_rcnn_" + re.escape(name) + r"_(\d{4})\.h5$")
-        for run_dir in reversed(run_dirs):
-            folder = os.path.join(self.model_dir, run_dir)
-            for f in sorted((f for f in os.listdir(folder) if pattern.match(f)), reverse=True):
-                path = os.path.join(folder, f)
-                if _is_complete_weights_file(path):
-                    return path
-        raise FileNotFoundError(
-            f"Could not find a checkpoint of config {self.config.NAME!r} under {self.model_dir!r} "
-            f"(looked for {name}*/mask_rcnn_{name}_NNNN.h5). Train first, or pass a weights path.")
+        """Path of the newest complete checkpoint of this config under model_dir (see `last_checkpoint`)."""
+        return last_checkpoint(self.model_dir, self.config.NAME)
 
     def set_log_dir(self, model_path=None):
         """Set the run folder and checkpoint path; resume epoch numbering from `model_path`'s name."""
@@ -418,6 +402,27 @@ class MaskRCNN:
         """Write a SavedModel that takes one image (uint8 [H, W, 3], or encoded bytes) and returns
         detect()'s rois, class_ids, scores and masks, molding and unmolding in the graph; see mrcnn.export."""
         return export_saved_model(self, path, overwrite=overwrite)
+
+
+def last_checkpoint(model_dir, config_name):
+    """Path of the newest complete checkpoint of config NAME `config_name` under `model_dir`.
+
+    Looks in the newest run folder first, then older ones; skips files
+    that are not complete weight files (e.g. cut off mid-write).
+    """
+    name = config_name.lower()
+    run_dirs = sorted(d for d in (os.listdir(model_dir) if os.path.isdir(model_dir) else [])
+                      if d.startswith(name) and os.path.isdir(os.path.join(model_dir, d)))
+    pattern = re.compile(r"mask_rcnn_" + re.escape(name) + r"_(\d{4})\.h5$")
+    for run_dir in reversed(run_dirs):
+        folder = os.path.join(model_dir, run_dir)
+        for f in sorted((f for f in os.listdir(folder) if pattern.match(f)), reverse=True):
+            path = os.path.join(folder, f)
+            if _is_complete_weights_file(path):
+                return path
+    raise FileNotFoundError(
+        f"Could not find a checkpoint of config {config_name!r} under {model_dir!r} "
+        f"(looked for {name}*/mask_rcnn_{name}_NNNN.h5). Train first, or pass a weights path.")
 
 
 def _is_complete_weights_file(path):

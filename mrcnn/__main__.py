@@ -1,0 +1,7 @@
+"""`python -m mrcnn`: the `mrcnn` command line (see mrcnn.cli)."""
+
+import sys
+
+from mrcnn.cli import main
+
+sys.exit(main())

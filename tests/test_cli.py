@@ -1,0 +1,162 @@
+"""The `mrcnn` command line: --help, --config parsing, one-line errors, and train → evaluate →
+detect → export end to end on a tiny COCO dataset written here (train and evaluate as
+`python -m mrcnn` subprocesses)."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import skimage.io
+
+from mrcnn import cli
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# A 64-px lite-backbone model that trains a step in about a second.
+TINY = ["--config-class", "samples.shapes.shapes:FastShapesConfig",
+        "--config", "NAME=cli", "IMAGE_MIN_DIM=64", "IMAGE_MAX_DIM=64", "POST_NMS_ROIS_TRAINING=64",
+        "POST_NMS_ROIS_INFERENCE=32", "TRAIN_ROIS_PER_IMAGE=16", "DETECTION_MIN_CONFIDENCE=0.0"]
+IMAGE_IDS = [101, 102, 103, 104, 105, 106]
+
+
+def write_coco(folder):
+    """Six 64x64 PNGs with a square (category 3) and a disk (category 7), as a COCO file."""
+    images_dir = os.path.join(folder, "images")
+    os.makedirs(images_dir)
+    rng = np.random.default_rng(0)
+    images, annotations = [], []
+    for image_id in IMAGE_IDS:
+        image = np.full((64, 64, 3), 30, np.uint8)
+        x, y, s = (int(v) for v in rng.integers(4, 24, 3))
+        image[y:y + s, x:x + s] = (220, 40, 40)
+        cx, cy, r = int(rng.integers(40, 52)), int(rng.integers(14, 50)), 9
+        yy, xx = np.mgrid[:64, :64]
+        image[(yy + 0.5 - cy) ** 2 + (xx + 0.5 - cx) ** 2 <= r ** 2] = (40, 200, 60)
+        name = f"img_{image_id}.png"
+        skimage.io.imsave(os.path.join(images_dir, name), image, check_contrast=False)
+        images.append({"id": image_id, "file_name": name, "height": 64, "width": 64})
+        angles = np.linspace(0, 2 * np.pi, 24, endpoint=False)
+        disk = np.stack([cx + r * np.cos(angles), cy + r * np.sin(angles)], -1).ravel().tolist()
+        for category, polygon, area in ((3, [x, y, x + s, y, x + s, y + s, x, y + s], s * s),
+                                        (7, disk, np.pi * r * r)):
+            annotations.append({"id": len(annotations) + 1, "image_id": image_id,
+                                "category_id": category, "iscrowd": 0, "area": float(area),
+                                "segmentation": [[float(v) for v in polygon]],
+                                "bbox": [float(min(polygon[0::2])), float(min(polygon[1::2])),
+                                         float(max(polygon[0::2]) - min(polygon[0::2])),
+                                         float(max(polygon[1::2]) - min(polygon[1::2]))]})
+    path = os.path.join(folder, "instances.json")
+    with open(path, "w") as f:
+        json.dump({"images": images, "annotations": annotations,
+                   "categories": [{"id": 3, "name": "square"}, {"id": 7, "name": "disk"}]}, f)
+    return path, images_dir
+
+
+def run(*args, cwd=ROOT):
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", MPLBACKEND="Agg")
+    out = subprocess.run([sys.executable, "-m", "mrcnn", *args], cwd=cwd, env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, f"mrcnn {' '.join(args)} failed:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}"
+    return out.stdout
+
+
+def test_help_documents_every_command(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["--help"])
+    out = capsys.readouterr().out
+    assert exit_info.value.code == 0 and out.startswith("usage: mrcnn")
+    assert all(command in out for command in ("train", "evaluate", "detect", "export"))
+    for command, options in (("train", ["--dataset", "--format", "--weights", "--layers", "--epochs",
+                                        "--config", "--eval-every"]),
+                             ("evaluate", ["--dataset", "--limit", "--output", "--results"]),
+                             ("detect", ["--images", "--dataset", "--output", "--results", "--no-png"]),
+                             ("export", ["--weights", "--output"])):
+        with pytest.raises(SystemExit) as exit_info:
+            cli.main([command, "--help"])
+        text = capsys.readouterr().out
+        assert exit_info.value.code == 0 and all(option in text for option in options), command
+    assert cli.main([]) == 2
+
+
+def test_config_overrides():
+    from mrcnn.config import Config
+    values = cli.parse_overrides(["IMAGE_MAX_DIM=512", "BACKBONE=resnet50", "MEAN_PIXEL=[1, 2, 3]",
+                                  "TRAIN_BN=True", "LEARNING_RATE=1e-3", "MINI_MASK_SHAPE=(28, 28)"],
+                                 Config)
+    assert values["IMAGE_MAX_DIM"] == 512 and values["BACKBONE"] == "resnet50"
+    assert isinstance(values["MEAN_PIXEL"], np.ndarray) and values["MEAN_PIXEL"].tolist() == [1, 2, 3]
+    assert values["TRAIN_BN"] is True and values["LEARNING_RATE"] == 0.001
+    assert values["MINI_MASK_SHAPE"] == (28, 28)
+    for item, message in (("IMAGE_MAX_DIMS=64", "Did you mean IMAGE_MAX_DIM"),
+                          ("learning_rate=0.1", "Did you mean LEARNING_RATE"),
+                          ("FOO=1", "Config has no such setting."),
+                          ("IMAGE_MAX_DIM", "expected KEY=VALUE"),
+                          ("BATCH_SIZE=4", "computed"),
+                          ("IMAGE_MAX_DIM=big", "expected a number"),
+                          ("TRAIN_BN=1", "True or False"),
+                          ("MEAN_PIXEL=5", "a list")):
+        with pytest.raises(cli.UsageError, match=message):
+            cli.parse_overrides([item], Config)
+    class Args:
+        config_class, config = None, ["IMAGE_MAX_DIM=256", "IMAGE_MIN_DIM=256"]
+    config = cli.make_config(Args, num_classes=5, images_per_batch=3)
+    assert config.NAME == "mrcnn" and config.NUM_CLASSES == 5 and config.BATCH_SIZE == 3
+    assert config.IMAGE_SHAPE.tolist() == [256, 256, 3]
+
+
+def test_errors_are_one_line_without_traceback(tmp_path, capsys):
+    weights = tmp_path / "w.h5"
+    weights.write_bytes(b"")
+    assert cli.main(["evaluate", "--dataset", str(tmp_path / "missing.json"), "--format", "coco",
+                     "--weights", str(weights)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("mrcnn: error: COCO annotation file") and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
+    assert cli.main(["train", "--dataset", "x.json", "--format", "coco", "--weights", "none",
+                     "--config", "IMAGE_MAX_DIMS=64"]) == 2
+    assert "Did you mean IMAGE_MAX_DIM or" in capsys.readouterr().err
+    assert cli.main(["detect", "--weights", str(tmp_path / "none.h5"), "--images", str(tmp_path)]) == 1
+    assert "no such file" in capsys.readouterr().err
+    assert cli.main(["evaluate", "--dataset", "x.json", "--weights", "imagenet", "--format", "coco"]) == 2
+    assert "no trained heads" in capsys.readouterr().err
+    with pytest.raises(FileNotFoundError, match="Train first"):
+        cli.main(["evaluate", "--dataset", "x.json", "--format", "coco", "--logs", str(tmp_path), "--debug"])
+
+
+def test_train_evaluate_detect_export(tmp_path):
+    annotations, images_dir = write_coco(str(tmp_path))
+    logs = str(tmp_path / "logs")
+    data = ["--dataset", annotations, "--image-dir", images_dir, "--format", "coco", "--logs", logs]
+    out = run("train", *data, "--val-dataset", annotations, "--weights", "none", "--layers", "all",
+              "--epochs", "1", "--eval-every", "1", "--eval-limit", "2", "--workers", "1", *TINY,
+              "STEPS_PER_EPOCH=2", "IMAGES_PER_GPU=2", "VALIDATION_STEPS=0")
+    assert "6 images, 2 classes (square, disk)" in out and "val_segm_AP" in out
+    checkpoints = [f for _, _, files in os.walk(logs) for f in files if f.endswith(".h5")]
+    assert checkpoints == ["mask_rcnn_cli_0001.h5"]
+
+    metrics_path, results_path = str(tmp_path / "metrics.json"), str(tmp_path / "results.json")
+    out = run("evaluate", *data, "--output", metrics_path, "--results", results_path, *TINY)
+    table = out[out.index("    AP   AP50"):].splitlines()
+    assert table[1].startswith("bbox") and table[2].startswith("segm") and len(table[1].split()) == 13
+    metrics = json.load(open(metrics_path))
+    assert set(metrics["segm"]) == set(metrics["bbox"]) == set(
+        ["AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl"])
+    assert all(-1 <= v <= 1 for v in metrics["segm"].values()) and metrics["images"] == 6
+    for record in json.load(open(results_path)):
+        assert record["image_id"] in IMAGE_IDS and record["category_id"] in (3, 7)
+        assert isinstance(record["segmentation"]["counts"], str) and len(record["bbox"]) == 4
+
+    # detect and export in this process (TensorFlow is loaded already): the same main().
+    pngs, detections = str(tmp_path / "pngs"), str(tmp_path / "detections.json")
+    assert cli.main(["detect", "--images", images_dir, "--logs", logs, "--output", pngs,
+                     "--results", detections, *TINY]) == 0
+    assert sorted(os.listdir(pngs)) == [f"img_{i}.png" for i in IMAGE_IDS]
+    for record in json.load(open(detections)):
+        assert record["category_id"] in (1, 2) and record["file_name"].startswith(images_dir)
+
+    exported = str(tmp_path / "exported")
+    assert cli.main(["export", "--logs", logs, "--output", exported, *TINY]) == 0
+    assert os.path.isfile(os.path.join(exported, "saved_model.pb"))
