@@ -87,6 +87,12 @@ def _image_ids(dataset, image_ids):
     return [int(i) for i in ids]
 
 
+def _first(image_ids, limit):
+    if limit is not None and (not _is_int(limit) or limit < 1):
+        raise ValueError(f"limit is {limit!r}; use a number of images >= 1, or None for all.")
+    return image_ids[:limit]
+
+
 def ground_truth(dataset, image_ids=None, verbose=0):
     """Each image's instances from `load_mask`: {"rois", "class_ids", "masks"}, like detect()'s dicts.
 
@@ -285,6 +291,8 @@ def score_detections(dataset, detections, image_ids=None, verbose=0):
     at IoU 0.5, "mAP50_95": mean_ap_range, "images": count}.
     """
     image_ids = _image_ids(dataset, image_ids)
+    if not image_ids:
+        raise ValueError("No images to score: the dataset (or image_ids) is empty.")
     detections = list(detections)
     if len(detections) != len(image_ids):
         raise ValueError(f"Got {len(detections)} detection dicts for {len(image_ids)} images; "
@@ -350,7 +358,7 @@ def evaluate(model, dataset, image_ids=None, limit=None, results_path=None, verb
     Returns `score_detections`' dict; writes the COCO results JSON to
     `results_path` if given.
     """
-    image_ids = _image_ids(dataset, image_ids)[:limit]
+    image_ids = _first(_image_ids(dataset, image_ids), limit)
     detections = detect_dataset(model, dataset, image_ids, verbose=verbose)
     if results_path:
         save_results(results_path, to_coco_results(dataset, detections, image_ids))
@@ -379,7 +387,7 @@ class EvaluationCallback(keras.callbacks.Callback):
             raise ValueError(f"every is {every!r}; use a number of epochs >= 1.")
         self.maskrcnn = model
         self.dataset = dataset
-        self.image_ids = _image_ids(dataset, None)[:limit]
+        self.image_ids = _first(_image_ids(dataset, None), limit)
         if not self.image_ids:
             raise ValueError("EvaluationCallback: the dataset has no images to evaluate.")
         self.every = every

@@ -194,6 +194,10 @@ def test_careless_input_gets_clear_errors(dataset):
         evaluate.score_detections(dataset, good, image_ids=[0, 1, 2, 9])
     with pytest.raises(ValueError, match="prepare"):
         evaluate.ground_truth(utils.Dataset())
+    with pytest.raises(ValueError, match="No images to score"):
+        evaluate.score_detections(dataset, [], image_ids=[])
+    with pytest.raises(ValueError, match="limit is 0"):
+        evaluate.evaluate(None, dataset, limit=0)
     coco = evaluate.coco_ground_truth(dataset)
     with pytest.raises(ValueError, match="'bbox' or 'segm'"):
         evaluate.coco_metrics(coco, [], "keypoints")
