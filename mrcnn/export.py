@@ -21,6 +21,8 @@ one image per call:
                 grayscale is repeated to RGB, alpha dropped)
 both returning rois int32 [N, (y1, x1, y2, x2)] in original pixels,
 class_ids int32 [N], scores float32 [N] and masks bool [H, W, N].
+(TensorFlow decodes 16-bit PNGs to 8 bits as x >> 8; detect() rounds
+x * 255 / 65535, which can be one level higher.)
 """
 
 import os
@@ -29,6 +31,7 @@ import tempfile
 
 import numpy as np
 import tensorflow as tf
+
 
 def _axis_weights(out_size, in_size):
     """For each output position along one axis: the index of its first source
@@ -52,13 +55,15 @@ def resize_like_skimage(x, out_h, out_w):
     shape_y, shape_x = [-1, 1] + [1] * len(extra), [1, -1] + [1] * len(extra)
     wy = [tf.reshape(v, shape_y) for v in (wy0, wy1)]
     wx = [tf.reshape(v, shape_x) for v in (wx0, wx1)]
-    # multiply_no_nan is x * y for finite weights, but Grappler does not regroup it: with dynamic
-    # shapes it turns (a * wy) * wx + (b * wy) * wx' into other products, changing the rounding.
+    # scipy sums (v * wy) * wx over the four neighbours, in this order. In a graph, Grappler's
+    # arithmetic optimizer regroups such sums of products (factoring out shared weights), which
+    # rounds differently; check_numerics after each product (the identity for finite values, and
+    # an Identity for tf2onnx) keeps every product as written.
     total = None
     for dy in (0, 1):
         for dx in (0, 1):
-            term = tf.math.multiply_no_nan(
-                tf.math.multiply_no_nan(tf.gather(rows[dy], ix + dx, axis=1), wy[dy]), wx[dx])
+            term = tf.debugging.check_numerics(tf.gather(rows[dy], ix + dx, axis=1) * wy[dy], "resize")
+            term = tf.debugging.check_numerics(term * wx[dx], "resize")
             total = term if total is None else total + term
     return tf.clip_by_value(total, tf.reduce_min(x), tf.reduce_max(x))
 
