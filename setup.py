@@ -26,6 +26,8 @@ setup(
     extras_require={
         # imgaug 0.4.0 does not import with numpy 2; install it where it does.
         "imgaug": ["imgaug>=0.4.0"],
+        # optional: convert an export_saved_model() folder to ONNX and run it (tests marked slow).
+        "onnx": ["tf2onnx>=1.16", "onnxruntime>=1.17"],
         # imgaug here so that CI exercises the imgaug path too (with numpy 2's np.sctypes shim).
         "test": ["pytest>=7", "hypothesis>=6", "nbclient>=0.7", "nbformat>=5", "ipykernel>=6",
                  "imgaug>=0.4.0"],
