@@ -168,11 +168,11 @@ def export_saved_model(model, path, overwrite=False):
     written to a temporary folder beside `path` and renamed into place, so a
     failed export leaves nothing behind.
     """
-    config = model.config
     if getattr(model, "mode", None) != "inference":
         raise ValueError("export_saved_model() needs a MaskRCNN created with mode='inference'; "
                          "load the trained weights into one: MaskRCNN('inference', config, "
                          "model_dir).load_weights(path, by_name=True).")
+    config = model.config
     if config.IMAGE_RESIZE_MODE != "square":
         raise ValueError(f"export_saved_model(): IMAGE_RESIZE_MODE is {config.IMAGE_RESIZE_MODE!r}; "
                          "only 'square' exports (every molded image is IMAGE_MAX_DIM square, so one "

@@ -57,8 +57,10 @@ def matterport_name(keras_applications_name):
     if keras_applications_name in ("conv1_conv", "conv1_bn"):
         return {"conv1_conv": "conv1", "conv1_bn": "bn_conv1"}[keras_applications_name]
     parts = keras_applications_name.split("_")   # conv4_block12_3_bn
-    if (len(parts) != 4 or not parts[0].startswith("conv") or not parts[1].startswith("block")
-            or parts[2] not in _BRANCHES or parts[3] not in ("conv", "bn")):
+    if (len(parts) != 4 or not parts[0].startswith("conv") or not parts[0][4:].isdigit()
+            or not parts[1].startswith("block") or not parts[1][5:].isdigit()
+            or not 1 <= int(parts[1][5:]) <= 26 or parts[2] not in _BRANCHES
+            or parts[3] not in ("conv", "bn")):
         return None
     stage, block = parts[0][4:], int(parts[1][5:])
     letter = chr(ord("a") + block - 1)

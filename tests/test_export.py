@@ -179,6 +179,8 @@ def test_export_refuses_what_cannot_serve(detector, exported, tmp_path, monkeypa
     monkeypatch.setattr(detector, "mode", "training")
     with pytest.raises(ValueError, match="mode='inference'"):
         detector.export_saved_model(tmp_path / "new")
+    with pytest.raises(ValueError, match="needs a MaskRCNN"):
+        export.export_saved_model(detector.keras_model, tmp_path / "new")   # the Keras model, not the MaskRCNN
     assert sorted(os.listdir(tmp_path)) == ["file"]       # nothing written by the refusals
 
 

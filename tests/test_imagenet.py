@@ -89,6 +89,8 @@ def test_layer_names_map_one_to_one(keras_resnet):
     assert imagenet.matterport_name("conv1_bn") == "bn_conv1"
     assert imagenet.matterport_name("conv4_block2_out") is None
     assert imagenet.matterport_name("pool1_pad") is None
+    for other in ("conv2_blockX_1_conv", "conv2_block0_1_conv", "convX_block1_1_bn", "conv2_block1_4_bn", ""):
+        assert imagenet.matterport_name(other) is None, other
 
 
 def test_get_imagenet_weights_converts_once_into_the_keras_cache(converted):
