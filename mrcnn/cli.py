@@ -136,8 +136,8 @@ def config_name(args):
 #  Datasets and weights
 ############################################################
 
-def load_dataset(args, path, subset):
-    """A prepared dataset of --format at `path` (and --image-dir)."""
+def load_dataset(args, path, subset, image_dir):
+    """A prepared dataset of --format at `path`."""
     from mrcnn import formats
 
     if args.format is None:
@@ -145,7 +145,7 @@ def load_dataset(args, path, subset):
     t0 = time.time()
     print(f"Loading the {args.format} dataset {path}" + (f" (subset {subset})" if subset else ""),
           flush=True)
-    dataset = formats.load_dataset(args.format, path, subset=subset, image_dir=args.image_dir)
+    dataset = formats.load_dataset(args.format, path, subset=subset, image_dir=image_dir)
     print(f"  {len(dataset.image_ids)} images, {dataset.num_classes - 1} classes "
           f"({', '.join(dataset.class_names[1:])}) in {time.time() - t0:.1f} s")
     return dataset
@@ -212,8 +212,9 @@ def train_command(args):
     from mrcnn import evaluate
     from mrcnn import model as modellib
 
-    train_set = load_dataset(args, args.dataset, args.subset)
-    val_set = (load_dataset(args, args.val_dataset or args.dataset, args.val_subset)
+    train_set = load_dataset(args, args.dataset, args.subset, args.image_dir)
+    val_set = (load_dataset(args, args.val_dataset or args.dataset, args.val_subset,
+                            args.val_image_dir or args.image_dir)
                if args.val_dataset or args.val_subset else None)
     if args.eval_every and val_set is None:
         raise UsageError("--eval-every needs a validation set: pass --val-dataset or --val-subset.")
@@ -248,7 +249,7 @@ def evaluate_command(args):
     from mrcnn import evaluate
 
     weights = trained_weights(args)
-    dataset = load_dataset(args, args.dataset, args.subset)
+    dataset = load_dataset(args, args.dataset, args.subset, args.image_dir)
     model = inference_model(args, weights, num_classes=dataset.num_classes)
     metrics = evaluate.evaluate(model, dataset, limit=args.limit, results_path=args.results)
     print(evaluate.format_metrics(metrics))
@@ -303,7 +304,7 @@ def detect_command(args):
         raise UsageError("--no-png without --results would write nothing.")
     weights = trained_weights(args)
     if args.dataset:
-        dataset = load_dataset(args, args.dataset, args.subset)
+        dataset = load_dataset(args, args.dataset, args.subset, args.image_dir)
         model = inference_model(args, weights, num_classes=dataset.num_classes)
     else:
         model = inference_model(args, weights)
@@ -413,6 +414,7 @@ def build_parser():
     p.add_argument("--val-dataset", metavar="PATH",
                    help="validation annotation file or folder (default: --dataset with --val-subset)")
     p.add_argument("--val-subset", help="validation subset")
+    p.add_argument("--val-image-dir", help="folder of the validation images (default: --image-dir)")
     p.add_argument("--weights", required=True,
                    help=f"initial weights: {WEIGHTS_HELP}, imagenet (the backbone's ImageNet "
                         "weights) or none (random)")

@@ -130,7 +130,8 @@ def test_train_evaluate_detect_export(tmp_path):
     annotations, images_dir = write_coco(str(tmp_path))
     logs = str(tmp_path / "logs")
     data = ["--dataset", annotations, "--image-dir", images_dir, "--format", "coco", "--logs", logs]
-    out = run("train", *data, "--val-dataset", annotations, "--weights", "none", "--layers", "all",
+    out = run("train", *data, "--val-dataset", annotations, "--val-image-dir", images_dir,
+              "--weights", "none", "--layers", "all",
               "--epochs", "1", "--eval-every", "1", "--eval-limit", "2", "--workers", "1", *TINY,
               "STEPS_PER_EPOCH=2", "IMAGES_PER_GPU=2", "VALIDATION_STEPS=0")
     assert "6 images, 2 classes (square, disk)" in out and "val_segm_AP" in out
