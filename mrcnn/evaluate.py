@@ -234,10 +234,12 @@ def coco_metrics(coco_gt, records, iou_type):
         raise ValueError(f"iou_type is {iou_type!r}; use 'bbox' or 'segm'.")
     key, drop = ("segmentation", "bbox") if iou_type == "segm" else ("bbox", "segmentation")
     records = [{k: v for k, v in r.items() if k != drop} for r in records]
-    missing = [r for r in records if key not in r or "score" not in r]
+    required = {"image_id", "category_id", "score", key}
+    missing = [r for r in records if not isinstance(r, dict) or not required <= set(r)]
     if missing:
-        raise ValueError(f"{len(missing)} result records have no {key!r} or 'score' "
-                         f"(e.g. {sorted(missing[0])}); records need image_id, category_id, score, {key}.")
+        have = sorted(missing[0]) if isinstance(missing[0], dict) else type(missing[0]).__name__
+        raise ValueError(f"{len(missing)} result records lack some of {sorted(required)} (e.g. one "
+                         f"has {have}); {iou_type!r} scoring needs them all.")
     unknown_images = sorted({r["image_id"] for r in records} - set(coco_gt.getImgIds()))
     unknown_cats = sorted({r["category_id"] for r in records} - set(coco_gt.getCatIds()))
     if unknown_images or unknown_cats:

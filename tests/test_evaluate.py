@@ -204,9 +204,11 @@ def test_careless_input_gets_clear_errors(dataset):
     with pytest.raises(ValueError, match=r"image ids \[77\]"):
         evaluate.coco_metrics(coco, [{"image_id": 77, "category_id": 3, "bbox": [0, 0, 1, 1],
                                       "score": 1.0}], "bbox")
-    with pytest.raises(ValueError, match="no 'segmentation'"):
+    with pytest.raises(ValueError, match="lack some of .*'segmentation'"):
         evaluate.coco_metrics(coco, [{"image_id": 42, "category_id": 3, "bbox": [0, 0, 1, 1],
                                       "score": 1.0}], "segm")
+    with pytest.raises(ValueError, match="lack some of"):
+        evaluate.coco_metrics(coco, [{"image_id": 42, "bbox": [0, 0, 1, 1], "score": 1.0}], "bbox")
 
 
 def test_format_metrics_prints_the_twelve_numbers(dataset):
