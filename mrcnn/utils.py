@@ -507,7 +507,7 @@ def download_file(url, path, verbose=1, what="file"):
             if total is not None and out.tell() != total:
                 raise OSError(f"connection closed after {out.tell()} of {total} bytes")
         os.replace(tmp_path, path)
-    except (urllib.error.URLError, OSError) as e:
+    except (urllib.error.URLError, OSError, ValueError) as e:  # ValueError: a malformed URL
         if os.path.exists(tmp_path):
             os.remove(tmp_path)
         reason = getattr(e, "reason", e)

@@ -174,6 +174,9 @@ def test_bad_or_missing_files_are_clear_errors(served, tmp_path, monkeypatch):
         port = s.getsockname()[1]
     with pytest.raises(RuntimeError, match=f"copy it to {tmp_path}/models/{FILE}"):
         imagenet.imagenet_weights("resnet101", url=f"http://127.0.0.1:{port}/{FILE}", verbose=0)
+    with pytest.raises(RuntimeError, match="Could not download .*unknown url type"):
+        imagenet.imagenet_weights("resnet101", url="no-scheme/" + FILE, verbose=0)
+    assert sorted(p.name for p in (tmp_path / "models").iterdir()) == ["cut.h5", "garbage.h5"]  # no partial file
     with pytest.raises(ValueError, match="only 'resnet50' and 'resnet101'"):
         imagenet.imagenet_weights("resnet152")
 
