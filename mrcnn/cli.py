@@ -294,7 +294,7 @@ def detect_command(args):
     import matplotlib
 
     matplotlib.use("Agg")
-    from tqdm.auto import tqdm
+    from tqdm import tqdm
 
     from mrcnn import evaluate, visualize
 

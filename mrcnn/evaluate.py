@@ -36,7 +36,7 @@ import tensorflow as tf
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from mrcnn import utils
 from mrcnn.model import MaskRCNN

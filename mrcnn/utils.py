@@ -520,7 +520,7 @@ def download_file(url, path, verbose=1, what="file"):
 
 
 def _copy_with_progress(src, dst, total, verbose):
-    from tqdm.auto import tqdm
+    from tqdm import tqdm
 
     with tqdm(total=total, unit="B", unit_scale=True, disable=not verbose) as bar:
         while True:
