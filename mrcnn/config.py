@@ -20,6 +20,7 @@ import numpy as np
 
 RESIZE_MODES = ("none", "square", "pad64", "crop")
 BACKBONES = ("resnet50", "resnet101")
+OPTIMIZERS = ("sgd", "adam")
 LOSS_NAMES = ("rpn_class_loss", "rpn_bbox_loss", "mrcnn_class_loss",
               "mrcnn_bbox_loss", "mrcnn_mask_loss")
 
@@ -118,6 +119,10 @@ class Config:
     LEARNING_RATE = 0.001
     LEARNING_MOMENTUM = 0.9
     WEIGHT_DECAY = 0.0001
+    # "sgd" (matterport's: SGD with LEARNING_MOMENTUM) or "adam" (Adam with
+    # beta_1 = LEARNING_MOMENTUM), which learns several times faster from
+    # random weights. Not in matterport's Config.
+    OPTIMIZER = "sgd"
 
     # Weight of each loss in the total.
     LOSS_WEIGHTS = {
@@ -188,6 +193,9 @@ class Config:
             value = getattr(self, attr)
             if not isinstance(value, numbers.Real) or value < 0 or (attr == "LEARNING_RATE" and value == 0):
                 fail(attr, f"is {value!r}", "Set it to a positive number.")
+
+        if self.OPTIMIZER not in OPTIMIZERS:
+            fail("OPTIMIZER", f"is {self.OPTIMIZER!r}", f"Use one of {', '.join(OPTIMIZERS)}.")
 
         if isinstance(self.BACKBONE, str):
             if self.BACKBONE not in BACKBONES:

@@ -216,10 +216,15 @@ class MaskRCNN:
                 log("{}{:20}   ({})".format(" " * indent, layer.name, layer.__class__.__name__))
 
     def compile(self, learning_rate, momentum):
-        """Compile with SGD (momentum, gradient clipping); the losses live in the model."""
+        """Compile with config.OPTIMIZER: SGD with `momentum`, or Adam with beta_1 = `momentum`;
+        gradients clipped to GRADIENT_CLIP_NORM. The losses live in the model."""
         with self._strategy.scope():
-            optimizer = keras.optimizers.SGD(learning_rate=learning_rate, momentum=momentum,
-                                             clipnorm=self.config.GRADIENT_CLIP_NORM)
+            if self.config.OPTIMIZER == "adam":
+                optimizer = keras.optimizers.Adam(learning_rate=learning_rate, beta_1=momentum,
+                                                  clipnorm=self.config.GRADIENT_CLIP_NORM)
+            else:
+                optimizer = keras.optimizers.SGD(learning_rate=learning_rate, momentum=momentum,
+                                                 clipnorm=self.config.GRADIENT_CLIP_NORM)
             self.keras_model.compile(optimizer=optimizer, jit_compile=False)
 
     def train(self, train_dataset, val_dataset, learning_rate, epochs, layers,

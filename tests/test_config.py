@@ -97,6 +97,7 @@ def make(**attrs):
     ({"BBOX_STD_DEV": np.array([0.1, 0.1, 0.2])}, "BBOX_STD_DEV"),
     ({"LOSS_WEIGHTS": {"rpn_class_loss": 1.}}, "LOSS_WEIGHTS"),
     ({"RPN_ANCHOR_RATIOS": [0, 1]}, "RPN_ANCHOR_RATIOS"),
+    ({"OPTIMIZER": "rmsprop"}, "OPTIMIZER"),
 ])
 def test_bad_config_names_attribute_and_fix(attrs, attr_named):
     with pytest.raises(ValueError) as info:

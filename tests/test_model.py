@@ -3,6 +3,7 @@
 import os
 import re
 
+import keras
 import numpy as np
 import pytest
 
@@ -242,9 +243,12 @@ def test_layers_4plus_trains_res4_and_res5_but_not_res3(shapes_train, tmp_path):
     class Quick(TinyConfig):
         STEPS_PER_EPOCH = 2
         VALIDATION_STEPS = 0
+        OPTIMIZER = "adam"
     model = modellib.MaskRCNN("training", Quick(), str(tmp_path))
     before = weights_of(model.keras_model, r"(res|bn)[345].*")
-    model.train(shapes_train, None, 0.01, epochs=1, layers="4+")
+    model.train(shapes_train, None, 0.001, epochs=1, layers="4+")
+    assert isinstance(model.keras_model.optimizer, keras.optimizers.Adam)
+    assert model.keras_model.optimizer.beta_1 == Quick.LEARNING_MOMENTUM
     after = weights_of(model.keras_model, r"(res|bn)[345].*")
     changed = {k.split("/")[0][:4] for k in before if not np.array_equal(before[k], after[k])}
     assert {"res4", "res5"} <= changed and not any(c.startswith(("res3", "bn3")) for c in changed)
@@ -263,6 +267,7 @@ def test_run_graph_returns_named_intermediates(detector, shapes_val):
 
 MIRRORED_TRAIN = """
 import os, sys
+import keras
 import numpy as np
 import tensorflow as tf
 cpu = tf.config.list_physical_devices("CPU")[0]

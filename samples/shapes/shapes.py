@@ -219,7 +219,7 @@ class FastShapesConfig(ShapesConfig):
 
     The small `lite_backbone` with trained BatchNorm (nothing is
     pretrained), a 64-channel pyramid, small heads (7x7 mask pooling, 14x14
-    masks), fewer proposals, and Adam (OPTIMIZER, see `ShapesModel`): from
+    masks), fewer proposals, and Adam (OPTIMIZER = "adam"): from
     random weights it learns several times faster than SGD. The schedule in
     `train_main` warms the learning rate up and decays it.
     """
@@ -250,27 +250,9 @@ class FastShapesConfig(ShapesConfig):
 CONFIGS = {"fast": FastShapesConfig, "matterport": ShapesConfig}
 
 
-class ShapesModel(modellib.MaskRCNN):
-    """MaskRCNN that compiles with Adam when the config sets OPTIMIZER = "adam".
-
-    Otherwise (and for matterport's configs, which have no OPTIMIZER) it is
-    MaskRCNN's SGD with momentum. Adam's beta_1 is LEARNING_MOMENTUM; the
-    gradient clipping is GRADIENT_CLIP_NORM in both cases.
-    """
-
-    def compile(self, learning_rate, momentum):
-        if getattr(self.config, "OPTIMIZER", "sgd") != "adam":
-            super().compile(learning_rate, momentum)
-            return
-        with self._strategy.scope():
-            optimizer = keras.optimizers.Adam(learning_rate=learning_rate, beta_1=momentum,
-                                              clipnorm=self.config.GRADIENT_CLIP_NORM)
-            self.keras_model.compile(optimizer=optimizer, jit_compile=False)
-
-
 def optimizer_name(config):
-    """The optimizer ShapesModel trains `config` with, as a readable name."""
-    if getattr(config, "OPTIMIZER", "sgd") == "adam":
+    """The optimizer MaskRCNN trains `config` with (config.OPTIMIZER), as a readable name."""
+    if config.OPTIMIZER == "adam":
         return "Adam"
     return f"SGD momentum {config.LEARNING_MOMENTUM}"
 
@@ -412,7 +394,7 @@ def train_main(args):
     train_set = make_dataset(args.train_images, config, TRAIN_SEED)
     val_set = (make_dataset(config.VALIDATION_STEPS * config.BATCH_SIZE, config, VAL_SEED)
                if config.VALIDATION_STEPS else None)
-    model = ShapesModel("training", config, args.logs)
+    model = modellib.MaskRCNN("training", config, args.logs)
     if not args.fresh:
         try:
             last = model.find_last()
