@@ -171,6 +171,12 @@ class FormatDataset(utils.Dataset):
                     np.zeros([0], np.int32))
         return np.stack(masks, axis=-1), np.array(class_ids, np.int32)
 
+    def _pack_shapes(self, info):
+        """load_mask's result for an image whose instances are lists of drawn shapes (VIA, labelme)."""
+        h, w = info["height"], info["width"]
+        return self._pack(info, ((i["class_id"], False, shapes_mask(i["shapes"], h, w))
+                                 for i in info["instances"]))
+
     def image_reference(self, image_id):
         """The image's file path (or URL) for images of these loaders."""
         info = self.image_info[image_id]

@@ -116,9 +116,7 @@ class ViaDataset(common.FormatDataset):
         info = self.image_info[image_id]
         if info.get("format") != "via":
             return super().load_mask(image_id)
-        h, w = info["height"], info["width"]
-        return self._pack(info, ((i["class_id"], False, common.shapes_mask(i["shapes"], h, w))
-                                 for i in info["instances"]))
+        return self._pack_shapes(info)
 
 
 def _shape(attributes):
