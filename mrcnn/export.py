@@ -32,6 +32,8 @@ import tempfile
 import numpy as np
 import tensorflow as tf
 
+from mrcnn import utils
+
 
 def _axis_weights(out_size, in_size):
     """For each output position along one axis: the index of its first source
@@ -197,6 +199,7 @@ def export_saved_model(model, path, overwrite=False):
             shutil.rmtree(path)
         elif os.path.exists(path):
             os.remove(path)
+        utils.apply_umask(tmp)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

@@ -487,6 +487,14 @@ def batch_slice(inputs, graph_fn, batch_size, names=None):
 #  Downloads
 ############################################################
 
+def apply_umask(path):
+    """Give a file or folder made by `tempfile` (private: 0600 / 0700) the permissions
+    the umask gives any new one, before it is renamed into place."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, (0o777 if os.path.isdir(path) else 0o666) & ~umask)
+
+
 def download_file(url, path, verbose=1, what="file"):
     """Download `url` to `path` atomically (temp file in the same folder, then rename).
 
@@ -506,6 +514,7 @@ def download_file(url, path, verbose=1, what="file"):
             _copy_with_progress(resp, out, total, verbose)
             if total is not None and out.tell() != total:
                 raise OSError(f"connection closed after {out.tell()} of {total} bytes")
+        apply_umask(tmp_path)
         os.replace(tmp_path, path)
     except (urllib.error.URLError, OSError, ValueError) as e:  # ValueError: a malformed URL
         if os.path.exists(tmp_path):

@@ -25,6 +25,8 @@ import h5py
 import keras
 import numpy as np
 
+from mrcnn import utils
+
 # `exclude` presets: "heads_for_new_classes" drops the layers whose shapes
 # depend on NUM_CLASSES, as matterport's README does for fine-tuning.
 EXCLUDE_PRESETS = {
@@ -485,6 +487,7 @@ def save_weights_by_name(model, filepath):
             os.fsync(fd)
         finally:
             os.close(fd)
+        utils.apply_umask(tmp)
         os.replace(tmp, filepath)
     except BaseException:
         if os.path.exists(tmp):

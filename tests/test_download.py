@@ -46,6 +46,9 @@ def test_download_writes_the_whole_file_with_progress(server, tmp_path, capsys):
     assert utils.download_trained_weights(str(target), verbose=1, url=server + "/weights.h5") == str(target)
     assert target.read_bytes() == PAYLOAD
     assert os.listdir(target.parent) == ["mask_rcnn_coco.h5"]  # no temp file left
+    umask = os.umask(0)
+    os.umask(umask)
+    assert os.stat(target).st_mode & 0o777 == 0o666 & ~umask   # not tempfile's private 0600
     captured = capsys.readouterr()
     assert "Downloading pretrained COCO weights" in captured.out and "done" in captured.out
     assert "3.15M" in captured.err  # tqdm's byte counter

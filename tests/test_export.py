@@ -156,6 +156,9 @@ def test_signatures_names_dtypes_and_shapes(served, exported):
     assert signatures == {
         "serving_default": {"inputs": {"image": ["uint8", [None, None, 3]]}, "outputs": outputs},
         "serving_bytes": {"inputs": {"image_bytes": ["string", []]}, "outputs": outputs}}
+    umask = os.umask(0)
+    os.umask(umask)
+    assert os.stat(exported).st_mode & 0o777 == 0o777 & ~umask   # not tempfile's private 0700
     size = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(exported) for f in fs)
     print(f"\nSavedModel: {size / 2**20:.1f} MiB, signatures {json.dumps(signatures)}")
 

@@ -158,6 +158,9 @@ def test_round_trip_is_bit_identical_and_reported(saved):
     assert sorted(report.loaded) == sorted(leaf_layers(target))
     assert report.excluded == report.not_in_model == report.missing_from_file == []
     assert os.listdir(path.parent) == ["standin.h5"]      # no temporary file left behind
+    umask = os.umask(0)
+    os.umask(umask)
+    assert os.stat(path).st_mode & 0o777 == 0o666 & ~umask   # not tempfile's private 0600
 
 
 def test_written_file_reads_the_keras2_way(saved):
