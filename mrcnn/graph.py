@@ -116,10 +116,12 @@ def build_training_model(config):
         config, name="proposal_targets")([target_rois, input_gt_class_ids, gt_boxes, input_gt_masks])
     mrcnn_class_logits, mrcnn_class, mrcnn_bbox = fpn_classifier_graph(
         rois, mrcnn_feature_maps, input_image_meta, config.POOL_SIZE, config.NUM_CLASSES,
-        train_bn=config.TRAIN_BN, fc_layers_size=config.FPN_CLASSIF_FC_LAYERS_SIZE)
+        train_bn=config.TRAIN_BN, fc_layers_size=config.FPN_CLASSIF_FC_LAYERS_SIZE,
+        aligned=config.ROI_ALIGN_ALIGNED, sampling_ratio=config.ROI_ALIGN_SAMPLING_RATIO)
     mrcnn_mask = build_fpn_mask_graph(rois, mrcnn_feature_maps, input_image_meta,
                                       config.MASK_POOL_SIZE, config.NUM_CLASSES,
-                                      train_bn=config.TRAIN_BN)
+                                      train_bn=config.TRAIN_BN, aligned=config.ROI_ALIGN_ALIGNED,
+                                      sampling_ratio=config.ROI_ALIGN_SAMPLING_RATIO)
     output_rois = keras.layers.Identity(name="output_rois")(rois)
 
     losses = [
@@ -156,13 +158,15 @@ def build_inference_model(config):
                              name="ROI")([rpn_class, rpn_bbox, input_anchors])
     _, mrcnn_class, mrcnn_bbox = fpn_classifier_graph(
         rpn_rois, mrcnn_feature_maps, input_image_meta, config.POOL_SIZE, config.NUM_CLASSES,
-        train_bn=config.TRAIN_BN, fc_layers_size=config.FPN_CLASSIF_FC_LAYERS_SIZE)
+        train_bn=config.TRAIN_BN, fc_layers_size=config.FPN_CLASSIF_FC_LAYERS_SIZE,
+        aligned=config.ROI_ALIGN_ALIGNED, sampling_ratio=config.ROI_ALIGN_SAMPLING_RATIO)
     detections = DetectionLayer(config, name="mrcnn_detection")(
         [rpn_rois, mrcnn_class, mrcnn_bbox, input_image_meta])
     detection_boxes = DetectionBoxes(name="detection_boxes")(detections)
     mrcnn_mask = build_fpn_mask_graph(detection_boxes, mrcnn_feature_maps, input_image_meta,
                                       config.MASK_POOL_SIZE, config.NUM_CLASSES,
-                                      train_bn=config.TRAIN_BN)
+                                      train_bn=config.TRAIN_BN, aligned=config.ROI_ALIGN_ALIGNED,
+                                      sampling_ratio=config.ROI_ALIGN_SAMPLING_RATIO)
     return keras.Model([input_image, input_image_meta, input_anchors],
                        [detections, mrcnn_class, mrcnn_bbox, mrcnn_mask, rpn_rois, rpn_class,
                         rpn_bbox], name="mask_rcnn")
@@ -175,7 +179,7 @@ class TrainingModel(keras.Model):
     `train_step` minimises sum(LOSS_WEIGHTS[name] * mean(loss output)) plus
     matterport's L2 term WEIGHT_DECAY * sum(w**2) / size(w) over the
     trainable weights except BatchNorm gamma/beta (kernels and biases, as
-    matterport), with the optimizer given to `compile` (set clipnorm there).
+    matterport), with the optimizer given to `compile` (which clips gradients).
     Losses are recomputed from the trainable weights at every (re)compile,
     so changing `trainable` and compiling again changes which weights train
     and decay, never how the losses are defined.

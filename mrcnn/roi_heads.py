@@ -5,6 +5,7 @@ import keras
 import tensorflow as tf
 
 from mrcnn.backbone import BatchNorm, bn_training, is_symbolic
+from mrcnn.roi_align import roi_align
 from mrcnn.graph_utils import (GraphLayer, LossLayer, apply_box_deltas_graph, box_refinement_graph,
                                clip_boxes_graph, mean_or_zero, norm_boxes_graph,
                                overlaps_graph, parse_image_meta_graph, setting,
@@ -27,8 +28,11 @@ class PyramidROIAlign(GraphLayer):
 
     Each box goes to level k = 4 + round(log2(sqrt(h*w) / (224/sqrt(image
     area)))), clipped to [2, 5], with h, w normalised (matterport's
-    adaptation of FPN eq. 1; `round` is TF's half-to-even), and is cropped
-    from P_k with `tf.image.crop_and_resize` (one bilinear sample per bin).
+    adaptation of FPN eq. 1; `round` is TF's half-to-even), and is pooled
+    from P_k by `roi_align.roi_align`: by default matterport's
+    crop_and_resize grid (one bilinear sample per bin) whose samples on the
+    map's edge read the edge instead of 0; `aligned` and `sampling_ratio`
+    (ROI_ALIGN_ALIGNED, ROI_ALIGN_SAMPLING_RATIO) select detectron2's grid.
     Zero-size (padding) and NaN boxes go to P2. No gradient flows to the boxes.
 
     Inputs: boxes [batch, num_boxes, (y1, x1, y2, x2)] normalised,
@@ -37,9 +41,11 @@ class PyramidROIAlign(GraphLayer):
     Output: [batch, num_boxes, pool_height, pool_width, channels].
     """
 
-    def __init__(self, pool_shape, **kwargs):
+    def __init__(self, pool_shape, aligned=False, sampling_ratio=1, **kwargs):
         super().__init__(**kwargs)
         self.pool_shape = tuple(int(s) for s in pool_shape)
+        self.aligned = bool(aligned)
+        self.sampling_ratio = int(sampling_ratio)
 
     def call(self, inputs):
         boxes = tf.stop_gradient(tf.cast(inputs[0], tf.float32))
@@ -62,9 +68,8 @@ class PyramidROIAlign(GraphLayer):
         pooled, order = [], []
         for level, feature_map in zip(range(2, 6), feature_maps):
             ix = tf.cast(tf.where(tf.equal(flat_levels, level))[:, 0], tf.int32)
-            pooled.append(tf.image.crop_and_resize(
-                tf.cast(feature_map, tf.float32), tf.gather(flat_boxes, ix), ix // num_boxes,
-                self.pool_shape, method="bilinear"))
+            pooled.append(roi_align(feature_map, tf.gather(flat_boxes, ix), ix // num_boxes,
+                                    self.pool_shape, self.aligned, self.sampling_ratio))
             order.append(ix)
         # Row i of the concatenation is box order[i]: invert to restore box order.
         pooled = tf.gather(tf.concat(pooled, 0), tf.math.invert_permutation(tf.concat(order, 0)))
@@ -74,7 +79,8 @@ class PyramidROIAlign(GraphLayer):
         return tuple(input_shape[0][:2]) + self.pool_shape + (input_shape[2][-1],)
 
     def get_config(self):
-        return {**super().get_config(), "pool_shape": list(self.pool_shape)}
+        return {**super().get_config(), "pool_shape": list(self.pool_shape),
+                "aligned": self.aligned, "sampling_ratio": self.sampling_ratio}
 
 
 @keras.saving.register_keras_serializable(package="mrcnn")
@@ -120,7 +126,7 @@ def _per_roi(layer):
 ############################################################
 
 def fpn_classifier_graph(rois, feature_maps, image_meta, pool_size, num_classes,
-                         train_bn=True, fc_layers_size=1024):
+                         train_bn=True, fc_layers_size=1024, aligned=False, sampling_ratio=1):
     """Classifier and box-regression head on the RoIs.
 
     rois: [batch, num_rois, 4] normalised; feature_maps: [P2, P3, P4, P5].
@@ -128,10 +134,11 @@ def fpn_classifier_graph(rois, feature_maps, image_meta, pool_size, num_classes,
     pool_size, then 1x1), each with BatchNorm and ReLU.
     Returns mrcnn_class_logits [batch, num_rois, num_classes], mrcnn_probs
     (softmax) and mrcnn_bbox [batch, num_rois, num_classes, (dy, dx, log(dh),
-    log(dw))].
+    log(dw))]. `aligned`, `sampling_ratio`: see PyramidROIAlign.
     """
     training = bn_training(train_bn)
-    x = PyramidROIAlign([pool_size, pool_size], name="roi_align_classifier")(
+    x = PyramidROIAlign([pool_size, pool_size], aligned, sampling_ratio,
+                        name="roi_align_classifier")(
         [rois, image_meta] + list(feature_maps))
     x = _per_roi(keras.layers.Conv2D(fc_layers_size, (pool_size, pool_size), padding="valid",
                                      name="mrcnn_class_conv1"))(x)
@@ -150,14 +157,16 @@ def fpn_classifier_graph(rois, feature_maps, image_meta, pool_size, num_classes,
     return mrcnn_class_logits, mrcnn_probs, mrcnn_bbox
 
 
-def build_fpn_mask_graph(rois, feature_maps, image_meta, pool_size, num_classes, train_bn=True):
+def build_fpn_mask_graph(rois, feature_maps, image_meta, pool_size, num_classes, train_bn=True,
+                         aligned=False, sampling_ratio=1):
     """Mask head on the RoIs: four 3x3 conv + BN + ReLU, a 2x2 stride-2
     deconvolution and a 1x1 sigmoid conv per class.
 
     Returns masks [batch, num_rois, 2*pool_size, 2*pool_size, num_classes].
+    `aligned`, `sampling_ratio`: see PyramidROIAlign.
     """
     training = bn_training(train_bn)
-    x = PyramidROIAlign([pool_size, pool_size], name="roi_align_mask")(
+    x = PyramidROIAlign([pool_size, pool_size], aligned, sampling_ratio, name="roi_align_mask")(
         [rois, image_meta] + list(feature_maps))
     for i in range(1, 5):
         x = _per_roi(keras.layers.Conv2D(256, (3, 3), padding="same",
@@ -187,7 +196,8 @@ class DetectionTargetLayer(GraphLayer):
     positive, as in matterport). Box targets are the refinements to the
     best-overlapping GT box divided by BBOX_STD_DEV; mask targets are that
     GT's (mini-)mask cropped to the RoI and resized to MASK_SHAPE by
-    crop_and_resize, then rounded to 0/1.
+    `roi_align.roi_align` with the heads' ROI_ALIGN_ALIGNED and
+    ROI_ALIGN_SAMPLING_RATIO (matterport: crop_and_resize), then rounded to 0/1.
 
     Inputs: proposals [batch, N, 4] (normalised, zero padded),
     gt_class_ids [batch, MAX_GT] int, gt_boxes [batch, MAX_GT, 4] normalised,
@@ -200,7 +210,8 @@ class DetectionTargetLayer(GraphLayer):
     """
 
     def __init__(self, config=None, train_rois_per_image=None, roi_positive_ratio=None,
-                 bbox_std_dev=None, use_mini_mask=None, mask_shape=None, **kwargs):
+                 bbox_std_dev=None, use_mini_mask=None, mask_shape=None, roi_align_aligned=None,
+                 roi_align_sampling_ratio=None, **kwargs):
         super().__init__(**kwargs)
         self.train_rois_per_image = int(setting(train_rois_per_image, config,
                                                 "TRAIN_ROIS_PER_IMAGE"))
@@ -208,6 +219,9 @@ class DetectionTargetLayer(GraphLayer):
         self.bbox_std_dev = [float(v) for v in setting(bbox_std_dev, config, "BBOX_STD_DEV")]
         self.use_mini_mask = bool(setting(use_mini_mask, config, "USE_MINI_MASK"))
         self.mask_shape = [int(v) for v in setting(mask_shape, config, "MASK_SHAPE")]
+        self.roi_align_aligned = bool(setting(roi_align_aligned, config, "ROI_ALIGN_ALIGNED"))
+        self.roi_align_sampling_ratio = int(setting(roi_align_sampling_ratio, config,
+                                                    "ROI_ALIGN_SAMPLING_RATIO"))
 
     def call(self, inputs):
         proposals, gt_class_ids, gt_boxes, gt_masks = inputs
@@ -270,8 +284,8 @@ class DetectionTargetLayer(GraphLayer):
             gt_w = gt_x2 - gt_x1
             boxes = tf.concat([(y1 - gt_y1) / gt_h, (x1 - gt_x1) / gt_w,
                                (y2 - gt_y1) / gt_h, (x2 - gt_x1) / gt_w], 1)
-        masks = tf.image.crop_and_resize(tf.cast(roi_masks, tf.float32), boxes,
-                                         tf.range(tf.shape(roi_masks)[0]), self.mask_shape)
+        masks = roi_align(roi_masks, boxes, tf.range(tf.shape(roi_masks)[0]), self.mask_shape,
+                          self.roi_align_aligned, self.roi_align_sampling_ratio)
         masks = tf.round(tf.squeeze(masks, axis=3))
 
         rois = tf.concat([positive_rois, negative_rois], axis=0)
@@ -294,7 +308,9 @@ class DetectionTargetLayer(GraphLayer):
     def get_config(self):
         return {**super().get_config(), "train_rois_per_image": self.train_rois_per_image,
                 "roi_positive_ratio": self.roi_positive_ratio, "bbox_std_dev": self.bbox_std_dev,
-                "use_mini_mask": self.use_mini_mask, "mask_shape": self.mask_shape}
+                "use_mini_mask": self.use_mini_mask, "mask_shape": self.mask_shape,
+                "roi_align_aligned": self.roi_align_aligned,
+                "roi_align_sampling_ratio": self.roi_align_sampling_ratio}
 
 
 ############################################################
