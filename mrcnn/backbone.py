@@ -44,10 +44,10 @@ class BatchNorm(keras.layers.BatchNormalization):
 def bn_training(train_bn):
     """The `training` argument for BN layers given matterport's train_bn flag.
 
-    matterport passes train_bn itself, so train_bn=True forces batch
-    statistics even at inference (a known bug); here True means "follow the
-    model's phase" (None) and False means frozen."""
-    return None if train_bn else False
+    False: frozen. None (matterport's "train BN, the normal mode") and True:
+    follow the model's phase. matterport passed train_bn itself, so True forced
+    batch statistics even at inference (a known bug)."""
+    return None if train_bn is None or train_bn else False
 
 
 def _bottleneck(input_tensor, kernel_size, filters, stage, block, strides,

@@ -136,11 +136,29 @@ class Config:
     # Train the heads on RPN proposals (True) or on given RoIs (False).
     USE_RPN_ROIS = True
 
-    # Train BatchNorm layers (False keeps their statistics and scale frozen).
+    # BatchNorm: None or True train it (batch statistics in training, moving
+    # ones at inference; matterport's None); False freezes the statistics
+    # (gamma and beta still train), for small batches on pretrained weights.
+    # matterport's True also used batch statistics at inference (a bug).
     TRAIN_BN = False
 
-    # Gradient norm clipping.
+    # Gradients are scaled down when their global norm (all trainable weights
+    # together, as matterport's Keras 2 clipnorm) exceeds this.
     GRADIENT_CLIP_NORM = 5.0
+
+    # RoIAlign sample grid of both heads and of the mask targets (not in
+    # matterport's Config). False: matterport's crop_and_resize grid; True: the
+    # half-pixel grid of detectron2's ROIAlignV2. SAMPLING_RATIO r: r x r
+    # bilinear samples averaged per output bin (1: matterport; 2: detectron2,
+    # torchvision). See mrcnn.roi_align.
+    ROI_ALIGN_ALIGNED = False
+    ROI_ALIGN_SAMPLING_RATIO = 1
+
+    # An integer makes runs repeatable (not in matterport's Config): it seeds
+    # Python's random, numpy and TensorFlow before the model is built, and
+    # every training batch (order, crops, augmentation, RoI sampling) is drawn
+    # from (SEED, epoch, batch index), whatever the number of data workers.
+    SEED = None
 
     def __init__(self):
         self.BATCH_SIZE = self.IMAGES_PER_GPU * self.GPU_COUNT
@@ -186,6 +204,14 @@ class Config:
                      "IMAGE_CHANNEL_COUNT"):
             check_int(attr, 1)
         check_int("VALIDATION_STEPS", 0)
+        check_int("ROI_ALIGN_SAMPLING_RATIO", 1)
+        if self.SEED is not None:
+            check_int("SEED", 0)
+        for attr, meaning in (("TRAIN_BN", "None or True (train BatchNorm) or False (freeze it)"),
+                              ("ROI_ALIGN_ALIGNED", "True or False")):
+            value = getattr(self, attr)
+            if not (isinstance(value, (bool, np.bool_)) or (value is None and attr == "TRAIN_BN")):
+                fail(attr, f"is {value!r}", f"Set it to {meaning}, not a string or number.")
         for attr in ("RPN_NMS_THRESHOLD", "ROI_POSITIVE_RATIO", "DETECTION_MIN_CONFIDENCE",
                      "DETECTION_NMS_THRESHOLD", "LEARNING_MOMENTUM"):
             check_fraction(attr)

@@ -10,11 +10,14 @@ done instead.
 Two ways to feed `keras.Model.fit`:
 - `data_generator(...)`: matterport's endless Python generator;
 - `MaskRCNNSequence(...)`: a `keras.utils.PyDataset` with the same batches by
-  index, loaded by worker threads (`workers=N`), reshuffled every epoch.
+  index, loaded by worker threads (`workers=N`), reshuffled every epoch, and
+  repeatable with a `seed` whatever the number of workers.
 """
 
 import logging
 import math
+import random
+import threading
 import warnings
 
 import keras
@@ -30,6 +33,12 @@ logger = logging.getLogger(__name__)
 # others (colour, blur, noise...) are applied to images only.
 MASK_AUGMENTERS = ("Sequential", "SomeOf", "OneOf", "Sometimes", "Fliplr", "Flipud",
                    "CropAndPad", "Affine", "PiecewiseAffine")
+
+class TrainingShapeError(ValueError):
+    """A training image's molded size differs from the IMAGE_SHAPE the training
+    graph (anchors, RPN targets) is built for: a configuration error, raised at
+    once rather than skipped like an image that fails to load."""
+
 
 # Images that may fail to load in a row (data_generator) or within one batch
 # (MaskRCNNSequence), each logged and replaced, before the error is raised.
@@ -467,6 +476,15 @@ def _load_sample(dataset, config, image_id, anchors, augmentation, random_rois,
     image, image_meta, gt_class_ids, gt_boxes, gt_masks = load_image_gt(
         dataset, config, image_id, augmentation=augmentation,
         use_mini_mask=config.USE_MINI_MASK, augment=augment)
+    if image.shape[:2] != tuple(config.IMAGE_SHAPE[:2]):
+        h, w = config.IMAGE_SHAPE[:2]
+        raise TrainingShapeError(
+            f"Training image {_describe(dataset, image_id)} is {image.shape[0]}x{image.shape[1]} "
+            f"after resizing (IMAGE_RESIZE_MODE {config.IMAGE_RESIZE_MODE!r}), but the training "
+            f"graph's anchors and RPN targets are built for IMAGE_SHAPE {h}x{w}. Train with "
+            "IMAGE_RESIZE_MODE 'square' (IMAGE_MAX_DIM) or 'crop' (random IMAGE_MIN_DIM crops, as "
+            "matterport's nucleus sample), or give every image that size; 'pad64' and 'none' "
+            "suit inference configs.")
     if not np.any(gt_class_ids > 0) and (
             random_rois or not dataset.image_info[image_id].get("train_empty")):
         return None
@@ -561,6 +579,8 @@ def data_generator(dataset, config, shuffle=True, augment=False, augmentation=No
             sample = _load_sample(dataset, config, image_id, anchors,
                                   None if plain else augmentation, random_rois,
                                   detection_targets, augment=augment and not plain)
+        except TrainingShapeError:
+            raise
         except Exception as e:
             errors += 1
             logger.error("Error processing image %s; skipped.", _describe(dataset, image_id),
@@ -587,6 +607,11 @@ def data_generator(dataset, config, shuffle=True, augment=False, augmentation=No
             samples = []
 
 
+# Seeded batches set the process-wide RNGs (numpy, random, the augmenter's),
+# so seeded workers load one batch at a time.
+_SEEDED_LOAD = threading.Lock()
+
+
 class MaskRCNNSequence(keras.utils.PyDataset):
     """Training batches by index for `keras.Model.fit`, loaded by worker threads.
 
@@ -598,15 +623,22 @@ class MaskRCNNSequence(keras.utils.PyDataset):
     An image without instances (unless its image_info has "train_empty", see
     `_load_sample`), or one that fails to load (logged with its traceback),
     is replaced by the next image in the order, so every batch is full;
-    more than MAX_CONSECUTIVE_ERRORS failures in one batch raise the error.
+    more than MAX_CONSECUTIVE_ERRORS failures in one batch raise the error,
+    and an image of the wrong size (`TrainingShapeError`) raises at once.
     Worker threads (`workers=N`, `use_multiprocessing=False`) never
     hang on Windows as processes can.
+
+    seed: with an integer, the order of each epoch and every random draw of
+    batch i in epoch e (crops, augmentation with an imgaug augmenter or a
+    callable using np.random/random, anchor and RoI sampling) come from
+    (seed, e, i), so batches repeat exactly whatever the number of workers
+    (they then load one batch at a time). `epoch` is the first epoch's number.
     """
 
     def __init__(self, dataset, config, shuffle=True, augmentation=None,
                  no_augmentation_sources=None, random_rois=0, detection_targets=False,
                  batch_size=None, steps=None, workers=1, use_multiprocessing=False,
-                 max_queue_size=10):
+                 max_queue_size=10, seed=None, epoch=0):
         super().__init__(workers=workers, use_multiprocessing=use_multiprocessing,
                          max_queue_size=max_queue_size)
         self.dataset = dataset
@@ -617,6 +649,8 @@ class MaskRCNNSequence(keras.utils.PyDataset):
         self.random_rois = random_rois
         self.detection_targets = detection_targets
         self.batch_size = batch_size or config.BATCH_SIZE
+        self.seed = seed
+        self.epoch = epoch
         _check_dataset(dataset, config)
         self.image_ids = np.copy(dataset.image_ids)
         self.steps = steps or math.ceil(len(self.image_ids) / self.batch_size)
@@ -626,8 +660,10 @@ class MaskRCNNSequence(keras.utils.PyDataset):
     def _new_order(self):
         """Image ids for every batch position: whole permutations of the dataset, concatenated."""
         passes = math.ceil(self.steps * self.batch_size / len(self.image_ids))
-        perm = np.random.permutation if self.shuffle else np.copy
-        return np.concatenate([perm(self.image_ids) for _ in range(passes)])
+        if not self.shuffle:
+            return np.concatenate([self.image_ids] * passes)
+        rng = np.random if self.seed is None else np.random.default_rng([self.seed, self.epoch])
+        return np.concatenate([rng.permutation(self.image_ids) for _ in range(passes)])
 
     def __len__(self):
         return self.steps
@@ -635,6 +671,17 @@ class MaskRCNNSequence(keras.utils.PyDataset):
     def __getitem__(self, idx):
         if not 0 <= idx < self.steps:
             raise IndexError(f"batch {idx} out of range (len {self.steps})")
+        if self.seed is None:
+            return self._batch(idx)
+        with _SEEDED_LOAD:
+            entropy = np.random.SeedSequence([self.seed, self.epoch, idx]).generate_state(2)
+            np.random.seed(int(entropy[0]))
+            random.seed(int(entropy[1]))
+            if hasattr(self.augmentation, "seed_"):  # imgaug augmenters carry their own RNG
+                self.augmentation.seed_(int(entropy[1]))
+            return self._batch(idx)
+
+    def _batch(self, idx):
         order = self._order
         samples, errors, pos = [], 0, idx * self.batch_size
         last = pos + 2 * len(self.image_ids) + self.batch_size  # spans a whole permutation
@@ -649,6 +696,8 @@ class MaskRCNNSequence(keras.utils.PyDataset):
                 sample = _load_sample(self.dataset, self.config, image_id, self.anchors,
                                       None if plain else self.augmentation, self.random_rois,
                                       self.detection_targets)
+            except TrainingShapeError:
+                raise
             except Exception as e:
                 errors += 1
                 logger.error("Error processing image %s; replaced by another image.",
@@ -669,5 +718,6 @@ class MaskRCNNSequence(keras.utils.PyDataset):
         return (tuple(inputs), tuple(outputs)) if outputs else (tuple(inputs),)
 
     def on_epoch_end(self):
+        self.epoch += 1
         if self.shuffle:
             self._order = self._new_order()

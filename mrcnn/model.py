@@ -104,6 +104,8 @@ class MaskRCNN:
         self.config = config
         self.model_dir = model_dir
         self.set_log_dir()
+        if config.SEED is not None:
+            keras.utils.set_random_seed(config.SEED)  # Python, numpy and TF: the initial weights
         self._strategy = tf.distribute.get_strategy()
         with self._strategy.scope():
             self.keras_model = (build_training_model(config) if mode == "training"
@@ -130,7 +132,7 @@ class MaskRCNN:
                 now = datetime.datetime(*map(int, m.groups()[:5]))
                 self.epoch = int(m.group(6))  # the next epoch to train, 0-based
                 print(f"Re-starting from epoch {self.epoch}")
-        name = (self.config.NAME or "mrcnn").lower()
+        name = run_name(self.config.NAME)
         self.log_dir = os.path.join(self.model_dir, "{}{:%Y%m%dT%H%M}".format(name, now))
         self.checkpoint_path = os.path.join(self.log_dir, f"mask_rcnn_{name}_{{epoch:04d}}.h5")
 
@@ -216,16 +218,10 @@ class MaskRCNN:
                 log("{}{:20}   ({})".format(" " * indent, layer.name, layer.__class__.__name__))
 
     def compile(self, learning_rate, momentum):
-        """Compile with config.OPTIMIZER: SGD with `momentum`, or Adam with beta_1 = `momentum`;
-        gradients clipped to GRADIENT_CLIP_NORM. The losses live in the model."""
+        """Compile with `make_optimizer(config, learning_rate, momentum)`. The losses live in the model."""
         with self._strategy.scope():
-            if self.config.OPTIMIZER == "adam":
-                optimizer = keras.optimizers.Adam(learning_rate=learning_rate, beta_1=momentum,
-                                                  clipnorm=self.config.GRADIENT_CLIP_NORM)
-            else:
-                optimizer = keras.optimizers.SGD(learning_rate=learning_rate, momentum=momentum,
-                                                 clipnorm=self.config.GRADIENT_CLIP_NORM)
-            self.keras_model.compile(optimizer=optimizer, jit_compile=False)
+            self.keras_model.compile(optimizer=make_optimizer(self.config, learning_rate, momentum),
+                                     jit_compile=False)
 
     def train(self, train_dataset, val_dataset, learning_rate, epochs, layers,
               augmentation=None, custom_callbacks=None, no_augmentation_sources=None, workers=2):
@@ -235,17 +231,27 @@ class MaskRCNN:
         augmentation: an imgaug augmenter or a callable (image, masks) -> (image, masks).
         Batches are prepared by `workers` threads while the previous step runs.
         Writes TensorBoard logs and one checkpoint per epoch to `self.log_dir`.
+        With USE_RPN_ROIS False the heads train on POST_NMS_ROIS_TRAINING random
+        RoIs around the GT boxes (`generate_random_rois`) instead of proposals.
+        With config.SEED set, the batches of each epoch are repeatable (see
+        MaskRCNNSequence); so is the whole run on one device, TensorFlow's
+        random ops being seeded when the model is built.
         """
         if self.mode != "training":
             raise ValueError("train() needs a model created with mode='training'.")
         layers = LAYER_PRESETS.get(layers, layers)
-        train_seq = MaskRCNNSequence(train_dataset, self.config, shuffle=True, augmentation=augmentation,
+        config = self.config
+        random_rois = 0 if config.USE_RPN_ROIS else config.POST_NMS_ROIS_TRAINING
+        train_seq = MaskRCNNSequence(train_dataset, config, shuffle=True, augmentation=augmentation,
                                      no_augmentation_sources=no_augmentation_sources,
-                                     steps=self.config.STEPS_PER_EPOCH, workers=workers)
+                                     random_rois=random_rois, steps=config.STEPS_PER_EPOCH,
+                                     workers=workers, seed=config.SEED, epoch=self.epoch)
         val_seq = None
-        if val_dataset is not None and self.config.VALIDATION_STEPS > 0:
-            val_seq = MaskRCNNSequence(val_dataset, self.config, shuffle=True,
-                                       steps=self.config.VALIDATION_STEPS, workers=workers)
+        if val_dataset is not None and config.VALIDATION_STEPS > 0:
+            val_seq = MaskRCNNSequence(val_dataset, config, shuffle=True, random_rois=random_rois,
+                                       steps=config.VALIDATION_STEPS, workers=workers,
+                                       seed=None if config.SEED is None else config.SEED + 1,
+                                       epoch=self.epoch)
 
         os.makedirs(self.log_dir, exist_ok=True)
         callbacks = [_StopOnNaN(self.log_dir),
@@ -409,13 +415,31 @@ class MaskRCNN:
         return export_saved_model(self, path, overwrite=overwrite)
 
 
+def make_optimizer(config, learning_rate, momentum):
+    """config.OPTIMIZER: SGD with `momentum`, or Adam with beta_1 = `momentum`.
+
+    Gradients are scaled by GRADIENT_CLIP_NORM / global norm when the norm of
+    all gradients together exceeds GRADIENT_CLIP_NORM, as matterport's Keras 2
+    `clipnorm` did (Keras 3's `clipnorm` clips each variable on its own).
+    """
+    clip = {"global_clipnorm": config.GRADIENT_CLIP_NORM} if config.GRADIENT_CLIP_NORM else {}
+    if config.OPTIMIZER == "adam":
+        return keras.optimizers.Adam(learning_rate=learning_rate, beta_1=momentum, **clip)
+    return keras.optimizers.SGD(learning_rate=learning_rate, momentum=momentum, **clip)
+
+
+def run_name(config_name):
+    """The lower-case run name used in folder and checkpoint names ("mrcnn" for NAME None)."""
+    return (config_name or "mrcnn").lower()
+
+
 def last_checkpoint(model_dir, config_name):
     """Path of the newest complete checkpoint of config NAME `config_name` under `model_dir`.
 
     Looks in the newest run folder first, then older ones; skips files
     that are not complete weight files (e.g. cut off mid-write).
     """
-    name = config_name.lower()
+    name = run_name(config_name)
     run_dirs = sorted(d for d in (os.listdir(model_dir) if os.path.isdir(model_dir) else [])
                       if d.startswith(name) and os.path.isdir(os.path.join(model_dir, d)))
     pattern = re.compile(r"mask_rcnn_" + re.escape(name) + r"_(\d{4})\.h5$")

@@ -250,6 +250,19 @@ class FastShapesConfig(ShapesConfig):
 CONFIGS = {"fast": FastShapesConfig, "matterport": ShapesConfig}
 
 
+ROI_ALIGN_CHOICES = {"matterport": (False, 1), "aligned": (True, 2)}
+
+
+def config_class_from(args):
+    """The config class named by --config, with --roi-align's ROI_ALIGN_* settings if given."""
+    base = CONFIGS[args.config]
+    if getattr(args, "roi_align", None) is None:
+        return base
+    aligned, ratio = ROI_ALIGN_CHOICES[args.roi_align]
+    return type(base.__name__, (base,), {"ROI_ALIGN_ALIGNED": aligned,
+                                         "ROI_ALIGN_SAMPLING_RATIO": ratio})
+
+
 def optimizer_name(config):
     """The optimizer MaskRCNN trains `config` with (config.OPTIMIZER), as a readable name."""
     if config.OPTIMIZER == "adam":
@@ -385,12 +398,13 @@ def _load_inference_model(config_class, logs, weights, images_per_batch):
 def train_main(args):
     """The main job: build, train for --minutes, evaluate, write weights and PNGs, print mAP."""
     t0 = time.time()
-    config_class = CONFIGS[args.config]
+    config_class = config_class_from(args)
     config = config_class()
+    config.SEED = args.seed
     _phase(f"Build: config {config.NAME!r} ({config_class.__name__}), backbone {backbone_name(config)}, "
-           f"TRAIN_BN {config.TRAIN_BN}, {config.IMAGES_PER_GPU} images/step")
-    if args.seed is not None:
-        keras.utils.set_random_seed(args.seed)
+           f"TRAIN_BN {config.TRAIN_BN}, {config.IMAGES_PER_GPU} images/step, RoIAlign "
+           f"{'aligned' if config.ROI_ALIGN_ALIGNED else 'matterport'} "
+           f"x{config.ROI_ALIGN_SAMPLING_RATIO} samples, seed {config.SEED}")
     train_set = make_dataset(args.train_images, config, TRAIN_SEED)
     val_set = (make_dataset(config.VALIDATION_STEPS * config.BATCH_SIZE, config, VAL_SEED)
                if config.VALIDATION_STEPS else None)
@@ -408,7 +422,7 @@ def train_main(args):
     print(f"Build took {time.time() - t0:.1f} s")
 
     limit = f"{args.minutes:g} min" + (f" or {args.steps} steps" if args.steps else "")
-    _phase(f"Train: layers 'all', {optimizer_name(config)}, clipnorm {config.GRADIENT_CLIP_NORM}, "
+    _phase(f"Train: layers 'all', {optimizer_name(config)}, global clipnorm {config.GRADIENT_CLIP_NORM}, "
            f"lr {lr} (warm-up {args.warmup} steps, then cosine decay) for {limit}, "
            f"{config.STEPS_PER_EPOCH} steps/epoch, {args.train_images} training images")
     start = time.time()
@@ -453,7 +467,7 @@ def train_main(args):
 
 def evaluate_main(args):
     """Score a trained model on --images held-out images."""
-    config_class = CONFIGS[args.config]
+    config_class = config_class_from(args)
     model, _ = _load_inference_model(config_class, args.logs, args.weights, args.eval_batch)
     dataset = make_dataset(args.images, model.config, args.seed)
     metrics, _ = evaluate(model, dataset)
@@ -463,7 +477,7 @@ def evaluate_main(args):
 
 def detect_main(args):
     """Detect on an image file, or a generated one, and write a PNG with the detections."""
-    config_class = CONFIGS[args.config]
+    config_class = config_class_from(args)
     model, _ = _load_inference_model(config_class, args.logs, args.weights, 1)
     if args.image:
         image = skimage.io.imread(args.image)
@@ -491,6 +505,9 @@ def build_parser():
                        help="fast: FastShapesConfig, trains from scratch on a CPU (default); "
                             "matterport: ShapesConfig (ResNet-101, for fine-tuning COCO weights)")
         p.add_argument("--eval-batch", type=int, default=10, help="images per detect() call")
+        p.add_argument("--roi-align", choices=sorted(ROI_ALIGN_CHOICES), default=None,
+                       help="RoIAlign grid: matterport (crop_and_resize, 1 sample per bin) or "
+                            "aligned (detectron2's half-pixel grid, 2x2 samples); default: the config's")
 
     p = sub.add_parser("train", help="the main job: train from scratch (or continue), evaluate, "
                                      "write weights, detections.png and loss_curve.png")
@@ -504,7 +521,7 @@ def build_parser():
     p.add_argument("--train-images", type=int, default=2000, help="training set size (default: 2000)")
     p.add_argument("--images", type=int, default=50, help="held-out images to evaluate (default: 50)")
     p.add_argument("--workers", type=int, default=1, help="data-loading threads (default: 1)")
-    p.add_argument("--seed", type=int, default=None, help="seed TensorFlow/numpy/random for a repeatable run")
+    p.add_argument("--seed", type=int, default=None, help="config.SEED: a repeatable run (weights and batches)")
     p.set_defaults(func=train_main)
 
     p = sub.add_parser("evaluate", help="mAP@0.5 and COCO AP of a trained model on held-out images")
