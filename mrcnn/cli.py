@@ -100,8 +100,9 @@ def _checked_value(key, default, value):
         return UsageError(f"--config {key}={value!r}: expected {kind} (the default is {default!r}).")
 
     if isinstance(default, bool):
-        if not isinstance(value, bool):
-            raise wrong("True or False")
+        if not isinstance(value, bool) and not (key == "TRAIN_BN" and value is None):
+            raise wrong("None or True (train BatchNorm) or False" if key == "TRAIN_BN"
+                        else "True or False")
     elif isinstance(default, numbers.Real):
         if isinstance(value, bool) or not isinstance(value, numbers.Real):
             raise wrong("a number")

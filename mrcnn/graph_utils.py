@@ -10,14 +10,20 @@ import keras
 import tensorflow as tf
 
 
-def setting(value, config, attr):
-    """`value` if given, else `config.<attr>`: lets layers take matterport's
-    `config=` argument yet serialise plain values in `get_config`."""
+_REQUIRED = object()
+
+
+def setting(value, config, attr, default=_REQUIRED):
+    """`value` if given, else `config.<attr>`, else `default` (for settings
+    matterport did not have): lets layers take matterport's `config=` argument
+    yet serialise plain values in `get_config`."""
     if value is not None:
         return value
-    if config is None:
+    if config is not None:
+        return getattr(config, attr)
+    if default is _REQUIRED:
         raise ValueError(f"Pass either config or {attr.lower()}.")
-    return getattr(config, attr)
+    return default
 
 
 def apply_box_deltas_graph(boxes, deltas):

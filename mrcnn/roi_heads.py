@@ -219,9 +219,9 @@ class DetectionTargetLayer(GraphLayer):
         self.bbox_std_dev = [float(v) for v in setting(bbox_std_dev, config, "BBOX_STD_DEV")]
         self.use_mini_mask = bool(setting(use_mini_mask, config, "USE_MINI_MASK"))
         self.mask_shape = [int(v) for v in setting(mask_shape, config, "MASK_SHAPE")]
-        self.roi_align_aligned = bool(setting(roi_align_aligned, config, "ROI_ALIGN_ALIGNED"))
+        self.roi_align_aligned = bool(setting(roi_align_aligned, config, "ROI_ALIGN_ALIGNED", False))
         self.roi_align_sampling_ratio = int(setting(roi_align_sampling_ratio, config,
-                                                    "ROI_ALIGN_SAMPLING_RATIO"))
+                                                    "ROI_ALIGN_SAMPLING_RATIO", 1))
 
     def call(self, inputs):
         proposals, gt_class_ids, gt_boxes, gt_masks = inputs

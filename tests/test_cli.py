@@ -89,6 +89,7 @@ def test_config_overrides():
     assert values["IMAGE_MAX_DIM"] == 512 and values["BACKBONE"] == "resnet50"
     assert isinstance(values["MEAN_PIXEL"], np.ndarray) and values["MEAN_PIXEL"].tolist() == [1, 2, 3]
     assert values["TRAIN_BN"] is True and values["LEARNING_RATE"] == 0.001
+    assert cli.parse_overrides(["TRAIN_BN=None"], Config) == {"TRAIN_BN": None}
     assert values["MINI_MASK_SHAPE"] == (28, 28)
     for item, message in (("IMAGE_MAX_DIMS=64", "Did you mean IMAGE_MAX_DIM"),
                           ("learning_rate=0.1", "Did you mean LEARNING_RATE"),
@@ -96,7 +97,8 @@ def test_config_overrides():
                           ("IMAGE_MAX_DIM", "expected KEY=VALUE"),
                           ("BATCH_SIZE=4", "computed"),
                           ("IMAGE_MAX_DIM=big", "expected a number"),
-                          ("TRAIN_BN=1", "True or False"),
+                          ("TRAIN_BN=1", "None or True"),
+                          ("USE_MINI_MASK=1", "True or False"),
                           ("MEAN_PIXEL=5", "a list")):
         with pytest.raises(cli.UsageError, match=message):
             cli.parse_overrides([item], Config)
