@@ -361,8 +361,12 @@ class DetectionLayer(GraphLayer):
 
         # Candidate (RoI, class c) at [:, roi, c - 1]: score, box and whether it competes.
         scores = probs[..., 1:]
-        boxes = apply_box_deltas_graph(
-            rois[:, :, tf.newaxis], deltas[:, :, 1:] * tf.constant(self.bbox_std_dev, tf.float32))
+        deltas = deltas[:, :, 1:] * tf.constant(self.bbox_std_dev, tf.float32)
+        # RoIs repeated per class, not broadcast: in a graph, Grappler regroups the box
+        # arithmetic of operands of one shape only, and then as for one box per RoI, so that
+        # "argmax" stays bit for bit the former output (broadcasting moved boxes by 1 ulp).
+        boxes = apply_box_deltas_graph(tf.broadcast_to(rois[:, :, tf.newaxis], tf.shape(deltas)),
+                                       deltas)
         boxes = clip_boxes_graph(boxes, window[:, tf.newaxis, tf.newaxis])
         keep = scores >= self.detection_min_confidence
         if self.detection_class_mode == "argmax":
