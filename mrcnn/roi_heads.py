@@ -314,7 +314,7 @@ class DetectionLayer(GraphLayer):
 
     - "argmax" (matterport's refine_detections_graph, for a whole batch):
       only each RoI's most probable class; a RoI whose top class is the
-      background gives nothing, so with two classes no score is below 0.5.
+      background gives nothing, so with two classes every score is above 0.5.
     - "per_class" (torchvision's and detectron2's post-processing): every
       class of every RoI; one RoI may give detections of several classes.
 

@@ -270,6 +270,14 @@ def test_detect_one_class_model_reports_scores_below_half_only_per_class(models)
         for key in ("rois", "class_ids", "scores"):
             np.testing.assert_array_equal(per_class[key][high], argmax[key])
         np.testing.assert_array_equal(per_class["masks"][..., high], argmax["masks"])
+    # keras' predict() runs the per_class layer too.
+    model = models["per_class"]
+    inputs = model._inference_inputs(*model.mold_inputs(images[:1])[:2])
+    predicted = model.keras_model.predict(inputs, verbose=0)[0]
+    called = model.keras_model([tf.constant(x) for x in inputs], training=False)[0].numpy()
+    np.testing.assert_array_equal(predicted[..., 4], called[..., 4])
+    np.testing.assert_allclose(predicted, called, rtol=0, atol=1e-5)
+    assert ((predicted[0, :, 5] < 0.5) & (predicted[0, :, 4] > 0)).any()
 
 
 def test_saved_model_follows_the_config_and_agrees_with_detect(models, tmp_path):
