@@ -64,13 +64,13 @@ def config_class(spec):
     return cls
 
 
-def parse_overrides(items, base):
+def parse_overrides(items, base, option="--config"):
     """--config KEY=VALUE items as {KEY: value} for attributes of Config class `base`.
 
     Values are Python literals (512, 0.5, True, [0.5, 1, 2], (56, 56)); any
     other text is a string (BACKBONE=resnet50). Lists become numpy arrays
     where the default is one. Unknown keys and values of the wrong kind are
-    UsageErrors naming the key.
+    UsageErrors naming the key (and `option`, the command-line option they came from).
     """
     known = sorted(a for a in dir(base) if a.isupper() and not a.startswith("_"))
     overrides = {}
@@ -78,26 +78,26 @@ def parse_overrides(items, base):
         key, sep, text = item.partition("=")
         key = key.strip()
         if not sep or not key:
-            raise UsageError(f"--config {item!r}: expected KEY=VALUE, e.g. IMAGE_MAX_DIM=512.")
+            raise UsageError(f"{option} {item!r}: expected KEY=VALUE, e.g. IMAGE_MAX_DIM=512.")
         if key in COMPUTED:
-            raise UsageError(f"--config {key}: computed from other settings "
+            raise UsageError(f"{option} {key}: computed from other settings "
                              "(BATCH_SIZE = GPU_COUNT * IMAGES_PER_GPU, IMAGE_SHAPE from the "
                              "IMAGE_* sizes, IMAGE_META_SIZE from NUM_CLASSES); set those instead.")
         if key not in known:
             close = difflib.get_close_matches(key.upper(), known, n=3, cutoff=0.6)
             hint = f" Did you mean {' or '.join(close)}?" if close else ""
-            raise UsageError(f"--config {key}: {base.__name__} has no such setting.{hint}")
+            raise UsageError(f"{option} {key}: {base.__name__} has no such setting.{hint}")
         try:
             value = ast.literal_eval(text.strip())
         except (ValueError, SyntaxError):
             value = text.strip()
-        overrides[key] = _checked_value(key, getattr(base, key), value)
+        overrides[key] = _checked_value(key, getattr(base, key), value, option)
     return overrides
 
 
-def _checked_value(key, default, value):
+def _checked_value(key, default, value, option):
     def wrong(kind):
-        return UsageError(f"--config {key}={value!r}: expected {kind} (the default is {default!r}).")
+        return UsageError(f"{option} {key}={value!r}: expected {kind} (the default is {default!r}).")
 
     if isinstance(default, bool):
         if not isinstance(value, bool) and not (key == "TRAIN_BN" and value is None):

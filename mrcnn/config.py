@@ -21,6 +21,7 @@ import numpy as np
 RESIZE_MODES = ("none", "square", "pad64", "crop")
 BACKBONES = ("resnet50", "resnet101")
 OPTIMIZERS = ("sgd", "adam")
+DETECTION_CLASS_MODES = ("argmax", "per_class")
 LOSS_NAMES = ("rpn_class_loss", "rpn_bbox_loss", "mrcnn_class_loss",
               "mrcnn_bbox_loss", "mrcnn_mask_loss")
 
@@ -114,6 +115,15 @@ class Config:
     DETECTION_MAX_INSTANCES = 100
     DETECTION_MIN_CONFIDENCE = 0.7
     DETECTION_NMS_THRESHOLD = 0.3
+    # Which classes of a RoI can become detections. "argmax" (matterport's):
+    # only its most probable class, none if that is the background; with
+    # NUM_CLASSES = 2 every score is then above 0.5, whatever
+    # DETECTION_MIN_CONFIDENCE says. "per_class" (torchvision's, detectron2's):
+    # every foreground class whose probability reaches DETECTION_MIN_CONFIDENCE,
+    # with its own box, so one RoI can give several detections; what COCO AP
+    # and recall expect (with a low DETECTION_MIN_CONFIDENCE such as 0.05).
+    # Not in matterport's Config.
+    DETECTION_CLASS_MODE = "argmax"
 
     # SGD with momentum, L2 weight decay on kernels.
     LEARNING_RATE = 0.001
@@ -222,6 +232,11 @@ class Config:
 
         if self.OPTIMIZER not in OPTIMIZERS:
             fail("OPTIMIZER", f"is {self.OPTIMIZER!r}", f"Use one of {', '.join(OPTIMIZERS)}.")
+        mode = self.DETECTION_CLASS_MODE
+        if not isinstance(mode, str) or mode not in DETECTION_CLASS_MODES:
+            fail("DETECTION_CLASS_MODE", f"is {mode!r}",
+                 "Use 'argmax' (matterport's: each RoI's top class) or 'per_class' "
+                 "(torchvision's: every class above DETECTION_MIN_CONFIDENCE).")
 
         if isinstance(self.BACKBONE, str):
             if self.BACKBONE not in BACKBONES:

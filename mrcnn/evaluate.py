@@ -312,14 +312,24 @@ def score_detections(dataset, detections, image_ids=None, verbose=0):
     return metrics
 
 
+def detection_settings(config):
+    """The settings that decide which detections a model reports, to keep with its metrics:
+    {"detection_class_mode": DETECTION_CLASS_MODE, "detection_min_confidence": ...}."""
+    return {"detection_class_mode": config.DETECTION_CLASS_MODE,
+            "detection_min_confidence": float(config.DETECTION_MIN_CONFIDENCE)}
+
+
 def format_metrics(metrics):
-    """`score_detections`' result as a printable table."""
+    """`score_detections`' result as a printable table, then the detection settings if it has them."""
     lines = ["      " + " ".join(f"{name:>6}" for name in COCO_METRICS)]
     for iou_type in IOU_TYPES:
         if iou_type in metrics:
             lines.append(f"{iou_type:5} " + " ".join(f"{metrics[iou_type][n]:6.3f}" for n in COCO_METRICS))
     lines.append(f"mAP@0.5 (utils.compute_ap, mean over {metrics['images']} images): {metrics['mAP50']:.4f}")
     lines.append(f"mAP@[.5:.95] (utils.compute_ap_range): {metrics['mAP50_95']:.4f}")
+    if "detection_class_mode" in metrics:
+        lines.append(f"detection class mode: {metrics['detection_class_mode']} "
+                     f"(DETECTION_MIN_CONFIDENCE {metrics['detection_min_confidence']:g})")
     return "\n".join(lines)
 
 
@@ -357,14 +367,16 @@ def detect_dataset(model, dataset, image_ids=None, verbose=1):
 def evaluate(model, dataset, image_ids=None, limit=None, results_path=None, verbose=1):
     """Detect on the dataset's images (the first `limit` of `image_ids`) and score them.
 
-    Returns `score_detections`' dict; writes the COCO results JSON to
+    Returns `score_detections`' dict plus the model's `detection_settings`
+    (the scores depend on them); writes the COCO results JSON to
     `results_path` if given.
     """
     image_ids = _first(_image_ids(dataset, image_ids), limit)
     detections = detect_dataset(model, dataset, image_ids, verbose=verbose)
     if results_path:
         save_results(results_path, to_coco_results(dataset, detections, image_ids))
-    return score_detections(dataset, detections, image_ids, verbose=verbose)
+    return {**score_detections(dataset, detections, image_ids, verbose=verbose),
+            **detection_settings(model.config)}
 
 
 class EvaluationCallback(keras.callbacks.Callback):

@@ -5,11 +5,12 @@ import keras
 import tensorflow as tf
 
 from mrcnn.backbone import BatchNorm, bn_training, is_symbolic
-from mrcnn.roi_align import roi_align
+from mrcnn.config import DETECTION_CLASS_MODES
 from mrcnn.graph_utils import (GraphLayer, LossLayer, apply_box_deltas_graph, box_refinement_graph,
                                clip_boxes_graph, mean_or_zero, norm_boxes_graph,
                                overlaps_graph, parse_image_meta_graph, setting,
                                smooth_l1_loss, trim_zeros_graph)
+from mrcnn.roi_align import roi_align
 
 
 def _static_or_dynamic_shape(x):
@@ -321,12 +322,24 @@ class DetectionTargetLayer(GraphLayer):
 class DetectionLayer(GraphLayer):
     """Final detections from the classified, refined RoIs.
 
-    Per RoI: its top class and score, that class's deltas (times
-    BBOX_STD_DEV) applied and the box clipped to the image window. Background
-    RoIs and scores below DETECTION_MIN_CONFIDENCE are dropped; per-class NMS
-    (DETECTION_NMS_THRESHOLD, at most DETECTION_MAX_INSTANCES per class);
-    the DETECTION_MAX_INSTANCES best are kept by score, ties going to the
-    lower RoI index: matterport's refine_detections_graph for a whole batch.
+    Candidates are (RoI, foreground class) pairs, each with that class's
+    probability as score and that class's deltas (times BBOX_STD_DEV)
+    applied to the RoI, the box clipped to the image window. Which pairs
+    compete depends on detection_class_mode (config DETECTION_CLASS_MODE;
+    "argmax" for a layer built from values without a config):
+
+    - "argmax" (matterport's refine_detections_graph, for a whole batch):
+      only each RoI's most probable class; a RoI whose top class is the
+      background gives nothing, so with two classes every score is above 0.5.
+    - "per_class" (torchvision's and detectron2's post-processing): every
+      class of every RoI; one RoI may give detections of several classes.
+
+    Candidates below DETECTION_MIN_CONFIDENCE are dropped; per-class NMS
+    (DETECTION_NMS_THRESHOLD, at most DETECTION_MAX_INSTANCES per class and
+    image); then the DETECTION_MAX_INSTANCES best of the image by descending
+    score, ties going to the lower RoI index, then the lower class id.
+    There is no pre-NMS cap: the N x (classes - 1) candidates of an image
+    are scored and NMS sees those of one class at a time.
 
     Inputs: rois [batch, N, 4], mrcnn_class [batch, N, classes],
     mrcnn_bbox [batch, N, classes, 4], image_meta [batch, meta].
@@ -335,7 +348,8 @@ class DetectionLayer(GraphLayer):
     """
 
     def __init__(self, config=None, bbox_std_dev=None, detection_min_confidence=None,
-                 detection_max_instances=None, detection_nms_threshold=None, **kwargs):
+                 detection_max_instances=None, detection_nms_threshold=None,
+                 detection_class_mode=None, **kwargs):
         super().__init__(**kwargs)
         self.bbox_std_dev = [float(v) for v in setting(bbox_std_dev, config, "BBOX_STD_DEV")]
         self.detection_min_confidence = float(setting(
@@ -344,6 +358,14 @@ class DetectionLayer(GraphLayer):
             detection_max_instances, config, "DETECTION_MAX_INSTANCES"))
         self.detection_nms_threshold = float(setting(
             detection_nms_threshold, config, "DETECTION_NMS_THRESHOLD"))
+        if detection_class_mode is None and config is None:
+            # matterport's, as layers built from values alone (and saved before the setting) had.
+            detection_class_mode = "argmax"
+        mode = setting(detection_class_mode, config, "DETECTION_CLASS_MODE")
+        if not isinstance(mode, str) or mode not in DETECTION_CLASS_MODES:
+            raise ValueError(f"detection_class_mode is {mode!r}; use 'argmax' (matterport's: each "
+                             "RoI's top class) or 'per_class' (a candidate per RoI and class).")
+        self.detection_class_mode = mode
 
     def call(self, inputs):
         rois, probs, deltas = (tf.cast(t, tf.float32) for t in inputs[:3])
@@ -353,41 +375,53 @@ class DetectionLayer(GraphLayer):
         if num_classes == 1:  # background only: nothing to detect
             return tf.zeros([tf.shape(rois)[0], k, 6])
 
-        class_ids = tf.argmax(probs, axis=2, output_type=tf.int32)
-        class_scores = tf.gather(probs, class_ids, batch_dims=2)
-        deltas = tf.gather(deltas, class_ids, batch_dims=2)
-        boxes = apply_box_deltas_graph(rois, deltas * tf.constant(self.bbox_std_dev, tf.float32))
-        boxes = clip_boxes_graph(boxes, window[:, tf.newaxis])
+        # Candidate (RoI, class c) at [:, roi, c - 1]: score, box and whether it competes.
+        scores = probs[..., 1:]
+        deltas = deltas[:, :, 1:] * tf.constant(self.bbox_std_dev, tf.float32)
+        # RoIs repeated per class, not broadcast: in a graph, Grappler regroups the box
+        # arithmetic of operands of one shape only, and then as for one box per RoI, so that
+        # "argmax" stays bit for bit the former output (broadcasting moved boxes by 1 ulp).
+        boxes = apply_box_deltas_graph(tf.broadcast_to(rois[:, :, tf.newaxis], tf.shape(deltas)),
+                                       deltas)
+        boxes = clip_boxes_graph(boxes, window[:, tf.newaxis, tf.newaxis])
+        keep = scores >= self.detection_min_confidence
+        if self.detection_class_mode == "argmax":
+            top_class = tf.argmax(probs, axis=2, output_type=tf.int32)
+            keep = tf.logical_and(keep, tf.equal(top_class[..., tf.newaxis],
+                                                 tf.range(1, num_classes)))
+        selected = self._per_class_nms(boxes, scores, keep)
 
-        keep = tf.logical_and(class_ids > 0, class_scores >= self.detection_min_confidence)
-        selected = self._per_class_nms(boxes, class_ids, class_scores, keep, num_classes)
-
-        # The best k selected RoIs by score (ties: lower RoI index first).
-        ranked = tf.nn.top_k(tf.where(selected, class_scores, -1.0),
-                             k=min(k, probs.shape[1] or k), sorted=True).indices
-        ranked_ids = tf.cast(tf.gather(class_ids, ranked, batch_dims=1), tf.float32)
-        detections = tf.concat([tf.gather(boxes, ranked, batch_dims=1), ranked_ids[..., None],
-                                tf.gather(class_scores, ranked, batch_dims=1)[..., None]], axis=2)
-        count = tf.reduce_sum(tf.cast(selected, tf.int32), axis=1)
+        # The best k selected candidates by score. Flattened, candidate (roi, c) is at
+        # roi * (classes - 1) + c - 1, and top_k puts equal scores in index order.
+        batch, foreground = tf.shape(rois)[0], num_classes - 1
+        flat_scores = tf.reshape(tf.where(selected, scores, -1.0), [batch, -1])
+        candidates = probs.shape[1] * foreground if probs.shape[1] is not None else k
+        ranked = tf.nn.top_k(flat_scores, k=min(k, candidates), sorted=True).indices
+        ranked_ids = tf.cast(ranked % foreground + 1, tf.float32)
+        detections = tf.concat([
+            tf.gather(tf.reshape(boxes, [batch, -1, 4]), ranked, batch_dims=1),
+            ranked_ids[..., None],
+            tf.gather(tf.reshape(scores, [batch, -1]), ranked, batch_dims=1)[..., None]], axis=2)
+        count = tf.reduce_sum(tf.cast(selected, tf.int32), axis=[1, 2])
         detections = tf.where(tf.sequence_mask(count, tf.shape(ranked)[1])[..., None],
                               detections, 0.0)
         return tf.pad(detections, [(0, 0), (0, k - tf.shape(ranked)[1]), (0, 0)])
 
-    def _per_class_nms(self, boxes, class_ids, class_scores, keep, num_classes):
-        """[batch, N] mask of the RoIs that survive NMS among the kept RoIs of
-        their class (at most DETECTION_MAX_INSTANCES per class and image).
+    def _per_class_nms(self, boxes, scores, keep):
+        """[batch, N, classes - 1] mask of the candidates that survive NMS among
+        the kept candidates of their class (at most DETECTION_MAX_INSTANCES per
+        class and image).
 
-        One tf.image.non_max_suppression per (image, foreground class); the
-        RoIs of other classes or not kept are masked out by a score of -1."""
-        batch = tf.shape(boxes)[0]
-        pairs = tf.reshape(tf.stack(tf.meshgrid(tf.range(batch), tf.range(1, num_classes),
+        One tf.image.non_max_suppression per (image, foreground class) over
+        that class's N boxes; candidates not kept are masked out by a score of -1."""
+        batch, foreground = tf.shape(boxes)[0], boxes.shape[2]
+        pairs = tf.reshape(tf.stack(tf.meshgrid(tf.range(batch), tf.range(foreground),
                                                 indexing="ij"), -1), [-1, 2])
 
         def nms(pair):
-            image, class_id = pair[0], pair[1]
-            in_class = tf.logical_and(keep[image], tf.equal(class_ids[image], class_id))
+            image, c = pair[0], pair[1]
             indices = tf.image.non_max_suppression(
-                boxes[image], tf.where(in_class, class_scores[image], -1.0),
+                boxes[image, :, c], tf.where(keep[image, :, c], scores[image, :, c], -1.0),
                 self.detection_max_instances, self.detection_nms_threshold, score_threshold=-0.5)
             return tf.pad(indices, [(0, self.detection_max_instances - tf.shape(indices)[0])],
                           constant_values=-1)
@@ -395,7 +429,8 @@ class DetectionLayer(GraphLayer):
         indices = tf.map_fn(nms, pairs, fn_output_signature=tf.TensorSpec(
             [self.detection_max_instances], tf.int32))
         found = tf.where(indices >= 0)
-        rows = tf.stack([tf.gather(pairs[:, 0], found[:, 0]), tf.gather_nd(indices, found)], 1)
+        rows = tf.stack([tf.gather(pairs[:, 0], found[:, 0]), tf.gather_nd(indices, found),
+                         tf.gather(pairs[:, 1], found[:, 0])], 1)
         return tf.scatter_nd(rows, tf.ones(tf.shape(rows)[:1]), tf.shape(keep)) > 0
 
     def compute_output_shape(self, input_shape):
@@ -405,7 +440,8 @@ class DetectionLayer(GraphLayer):
         return {**super().get_config(), "bbox_std_dev": self.bbox_std_dev,
                 "detection_min_confidence": self.detection_min_confidence,
                 "detection_max_instances": self.detection_max_instances,
-                "detection_nms_threshold": self.detection_nms_threshold}
+                "detection_nms_threshold": self.detection_nms_threshold,
+                "detection_class_mode": self.detection_class_mode}
 
 
 @keras.saving.register_keras_serializable(package="mrcnn")

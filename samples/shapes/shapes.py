@@ -6,6 +6,7 @@ command line trains, evaluates and runs a model on them::
     python -m samples.shapes.shapes train        # the main job: train from scratch, evaluate,
                                                  # write weights and PNGs, print the mAP
     python -m samples.shapes.shapes evaluate --images 50
+    python -m samples.shapes.shapes evaluate --set DETECTION_CLASS_MODE=per_class DETECTION_MIN_CONFIDENCE=0.05
     python -m samples.shapes.shapes detect [--image FILE] --output detections.png
 
 `train` continues from the newest checkpoint under --logs unless --fresh.
@@ -28,6 +29,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import skimage.draw  # noqa: E402
 import skimage.io  # noqa: E402
+from mrcnn import cli  # noqa: E402
 from mrcnn import evaluate as evaluation  # noqa: E402
 from mrcnn import model as modellib  # noqa: E402
 from mrcnn import utils, visualize  # noqa: E402
@@ -270,8 +272,11 @@ def optimizer_name(config):
     return f"SGD momentum {config.LEARNING_MOMENTUM}"
 
 
-def inference_config(config_class, images_per_batch=1):
-    """An instance of `config_class` for detection, `images_per_batch` images at a time."""
+def inference_config(config_class, images_per_batch=1, overrides=None):
+    """An instance of `config_class` for detection, `images_per_batch` images at a time,
+    with the settings in `overrides` ({KEY: value}, as `--set` gives) replaced."""
+    if overrides:
+        config_class = type(config_class.__name__, (config_class,), dict(overrides))
     return evaluation.inference_config(config_class(), images_per_batch)
 
 
@@ -288,10 +293,12 @@ def evaluate(model, dataset):
     """Detect on the dataset's images and score them with mrcnn.evaluate: (metrics, predictions).
 
     metrics: `mrcnn.evaluate.score_detections`' dict (COCO AP for bbox and
-    segm, mAP@0.5 and mAP@[.5:.95] of utils.compute_ap).
+    segm, mAP@0.5 and mAP@[.5:.95] of utils.compute_ap) with the model's
+    detection settings (`mrcnn.evaluate.detection_settings`).
     """
     predictions = evaluation.detect_dataset(model, dataset, verbose=0)
-    return evaluation.score_detections(dataset, predictions), predictions
+    metrics = evaluation.score_detections(dataset, predictions)
+    return {**metrics, **evaluation.detection_settings(model.config)}, predictions
 
 
 ############################################################
@@ -387,8 +394,9 @@ def _phase(text):
     print(f"\n=== {text}", flush=True)
 
 
-def _load_inference_model(config_class, logs, weights, images_per_batch):
-    model = modellib.MaskRCNN("inference", inference_config(config_class, images_per_batch), logs)
+def _load_inference_model(config_class, logs, weights, images_per_batch, overrides=None):
+    model = modellib.MaskRCNN("inference", inference_config(config_class, images_per_batch, overrides),
+                              logs)
     weights = weights or model.find_last()
     print(f"Loading weights {weights}")
     model.load_weights(weights, by_name=True)
@@ -468,7 +476,8 @@ def train_main(args):
 def evaluate_main(args):
     """Score a trained model on --images held-out images."""
     config_class = config_class_from(args)
-    model, _ = _load_inference_model(config_class, args.logs, args.weights, args.eval_batch)
+    model, _ = _load_inference_model(config_class, args.logs, args.weights, args.eval_batch,
+                                     args.overrides)
     dataset = make_dataset(args.images, model.config, args.seed)
     metrics, _ = evaluate(model, dataset)
     print(evaluation.format_metrics(metrics))
@@ -478,7 +487,7 @@ def evaluate_main(args):
 def detect_main(args):
     """Detect on an image file, or a generated one, and write a PNG with the detections."""
     config_class = config_class_from(args)
-    model, _ = _load_inference_model(config_class, args.logs, args.weights, 1)
+    model, _ = _load_inference_model(config_class, args.logs, args.weights, 1, args.overrides)
     if args.image:
         image = skimage.io.imread(args.image)
         title = os.path.basename(args.image)
@@ -509,6 +518,12 @@ def build_parser():
                        help="RoIAlign grid: matterport (crop_and_resize, 1 sample per bin) or "
                             "aligned (detectron2's half-pixel grid, 2x2 samples); default: the config's")
 
+    def overrides(p):
+        p.add_argument("--set", action="extend", nargs="+", metavar="KEY=VALUE", default=[],
+                       help="override settings of the inference config, e.g. --set "
+                            "DETECTION_CLASS_MODE=per_class DETECTION_MIN_CONFIDENCE=0.05 "
+                            "(values are Python literals, else text, as mrcnn --config)")
+
     p = sub.add_parser("train", help="the main job: train from scratch (or continue), evaluate, "
                                      "write weights, detections.png and loss_curve.png")
     common(p)
@@ -529,6 +544,7 @@ def build_parser():
     p.add_argument("--weights", help="weights file (default: the newest checkpoint under --logs)")
     p.add_argument("--images", type=int, default=50, help="held-out images (default: 50)")
     p.add_argument("--seed", type=int, default=TEST_SEED, help=f"seed of the images (default: {TEST_SEED})")
+    overrides(p)
     p.set_defaults(func=evaluate_main)
 
     p = sub.add_parser("detect", help="detect on an image and write a PNG with masks, boxes, labels, scores")
@@ -537,6 +553,7 @@ def build_parser():
     p.add_argument("--image", help="image file (default: a generated shapes image)")
     p.add_argument("--seed", type=int, default=TEST_SEED, help="seed of the generated image")
     p.add_argument("--output", default="detections.png", help="PNG to write (default: detections.png)")
+    overrides(p)
     p.set_defaults(func=detect_main)
     return parser
 
@@ -546,7 +563,15 @@ def parse_args(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or (argv[0].startswith("-") and argv[0] not in ("-h", "--help")):
         argv = ["train"] + argv
-    return build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        args.overrides = cli.parse_overrides(getattr(args, "set", None), CONFIGS[args.config], "--set")
+        if args.overrides:
+            inference_config(CONFIGS[args.config], 1, args.overrides)   # a bad value fails here
+    except ValueError as e:
+        parser.error(str(e))
+    return args
 
 
 def main(argv=None):
