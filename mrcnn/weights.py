@@ -50,13 +50,17 @@ logger = logging.getLogger(__name__)
 
 _RES4_BLOCK = re.compile(r"res4([a-z]+)_branch2a")
 _BACKBONE_NAMES = {6: "ResNet-50", 23: "ResNet-101"}
+_REPR_NAMES = 3       # names of each kind shown in a LoadReport's repr
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(repr=False)
 class LoadReport:
     """What `load_weights_by_name` did, by layer name.
 
-    Names inside nested models (``rpn_conv_shared``) appear unqualified.
+    Names inside nested models (``rpn_conv_shared``) appear unqualified. The
+    repr is one short line (counts and the first few names), so a notebook
+    cell ending with `model.load_weights(...)` does not print every layer;
+    the full lists are the attributes.
     """
 
     filepath: str
@@ -65,6 +69,15 @@ class LoadReport:
     not_in_model: list    # file layers with weights that match no model layer
     missing_from_file: list  # model layers with weights the file did not set (excluded ones aside)
     adapted: list = dataclasses.field(default_factory=list)  # RGB input kernels adapted (adapt_input_kernel)
+
+    def __repr__(self):
+        parts = [f"{len(self.loaded)} loaded"]
+        for label, names in (("excluded", self.excluded), ("not in model", self.not_in_model),
+                             ("missing from file", self.missing_from_file), ("adapted", self.adapted)):
+            if names:
+                shown = ", ".join(names[:_REPR_NAMES]) + (", ..." if len(names) > _REPR_NAMES else "")
+                parts.append(f"{len(names)} {label} [{shown}]")
+        return f"LoadReport({os.path.basename(self.filepath)!r}: {'; '.join(parts)})"
 
 
 # --------------------------------------------------------------------------- reading

@@ -540,3 +540,23 @@ def test_matterport_file_loads_into_the_inference_graph(reference_file, tmp_path
     for name, weights in theirs.items():
         for (w1, a1), (w2, a2) in zip(mine.get(name, []), weights, strict=True):
             assert w1 == w2 and a1.dtype == a2.dtype and a1.tobytes() == a2.tobytes(), w2
+
+
+def test_report_repr_is_one_short_line(saved, tmp_path):
+    """A notebook cell ending with load_weights() shows counts and a few names, not every layer."""
+    _, path = saved
+    report = W.load_weights_by_name(standin(seed=2), path, exclude="heads_for_new_classes")
+    assert repr(report) == ("LoadReport('standin.h5': 21 loaded; "
+                            "3 excluded [mrcnn_bbox_fc, mrcnn_class_logits, mrcnn_mask])")
+    backbone_only = tmp_path / "backbone.h5"
+    W.save_weights_by_name(standin(heads=False), backbone_only)
+    report = W.load_weights_by_name(standin(), backbone_only)
+    missing = report.missing_from_file
+    assert len(missing) == 10
+    assert repr(report) == (f"LoadReport('backbone.h5': 14 loaded; 10 missing from file "
+                            f"[{missing[0]}, {missing[1]}, {missing[2]}, ...])")
+    # A report the size of a full Mask R-CNN load stays one bounded line.
+    names = [f"res{i}_branch2a" for i in range(400)]
+    big = W.LoadReport("/a/long/path/" + "x" * 200 + "/mask_rcnn_coco.h5", names, names, names,
+                       names, names)
+    assert len(repr(big)) < 400 and "\n" not in repr(big) and "res3_branch2a" not in repr(big)
