@@ -24,13 +24,14 @@ setup(
         "tensorboard>=2.16",  # TensorFlow no longer pulls it in; train() logs each loss to it
     ],
     extras_require={
-        # imgaug 0.4.0 does not import with numpy 2; install it where it does.
-        "imgaug": ["imgaug>=0.4.0"],
+        # imaug: the maintained fork of imgaug (same `imgaug` module; imgaug 0.4.0 does not
+        # import on numpy 2). Its opencv<4.13 pin holds numpy below 2.3.
+        "imgaug": ["imaug>=0.4.3"],
         # optional: convert an export_saved_model() folder to ONNX and run it (tests marked slow).
         "onnx": ["tf2onnx>=1.16", "onnxruntime>=1.17"],
-        # imgaug here so that CI exercises the imgaug path too (with numpy 2's np.sctypes shim).
+        # imaug here so that CI exercises the imgaug path too (tests/test_migration.py).
         "test": ["pytest>=7", "hypothesis>=6", "nbclient>=0.7", "nbformat>=5", "ipykernel>=6",
-                 "imgaug>=0.4.0"],
+                 "imaug>=0.4.3"],
     },
     classifiers=[
         "Programming Language :: Python :: 3",

@@ -269,23 +269,6 @@ def test_imgaug_hook_applies_only_geometric_augmenters_to_masks(config, monkeypa
     assert bbox[0].tolist() == [10, 68, 30, 88]
 
 
-def test_real_imgaug_fliplr_and_multiply(config):
-    if not hasattr(np, "sctypes"):  # imgaug 0.4.0 reads np.sctypes, removed in numpy 2
-        np.sctypes = {"int": [np.int8, np.int16, np.int32, np.int64],
-                      "uint": [np.uint8, np.uint16, np.uint32, np.uint64],
-                      "float": [np.float16, np.float32, np.float64],
-                      "complex": [np.complex64, np.complex128], "others": [bool, object, bytes, str]}
-    iaa = pytest.importorskip("imgaug.augmenters")
-    ds = one_square_dataset()
-    plain, _, _, plain_bbox, plain_mask = data.load_image_gt(ds, config, 0, use_mini_mask=False)
-    aug = iaa.Sequential([iaa.Fliplr(1.0), iaa.Multiply(0.5)])
-    image, _, _, bbox, mask = data.load_image_gt(ds, config, 0, augmentation=aug,
-                                                 use_mini_mask=False)
-    assert np.abs(image.astype(int) - plain[:, ::-1] // 2).max() <= 1
-    assert np.array_equal(mask, plain_mask[:, ::-1])
-    assert bbox[0].tolist() == [10, 68, 30, 88]
-
-
 ############################################################
 #  Bad dataset output
 ############################################################
