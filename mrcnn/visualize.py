@@ -16,9 +16,11 @@ also takes a keyword-only `save_path`:
   blocking GUI `plt.show()`.
 * Importing this module never selects or changes the backend.
 
-Drawing functions return the matplotlib Axes they drew on (a list of Axes for
-the multi-panel ones) where matterport returned None, so callers and tests can
-inspect titles, texts and patches.
+Drawing functions return None, as matterport's did, so a notebook cell that
+ends with one shows the figure and prints nothing under it. To work on the
+drawing afterwards, pass your own `ax=` (display_instances,
+display_differences, draw_boxes) or take `plt.gcf()`: a figure the function
+created stays open unless it was shown or saved.
 """
 
 import colorsys
@@ -115,7 +117,7 @@ def display_images(images, titles=None, cols=4, cmap=None, norm=None,
     Colour images (HxWx3/4) are shown as RGB; 2-D arrays (and HxWx1) through
     `cmap`/`norm`, autoscaled. Unlike matterport, 2-D arrays are not cast to
     uint8 first (which zeroed float heatmaps) and no empty extra row is added
-    when the count is a multiple of `cols`. Returns the list of Axes.
+    when the count is a multiple of `cols`.
     """
     titles = titles if titles is not None else [""] * len(images)
     rows = max(1, -(-len(images) // cols))
@@ -133,7 +135,6 @@ def display_images(images, titles=None, cols=4, cmap=None, norm=None,
             image = _display_rgb(image).astype(np.uint8)
         ax.imshow(image, cmap=cmap, norm=norm, interpolation=interpolation)
     _finish(fig, save_path, owns_figure=True)
-    return fig.axes
 
 
 def random_colors(N, bright=True):
@@ -187,7 +188,6 @@ def display_instances(image, boxes, masks, class_ids, class_names,
     for display (see `_display_rgb`). Inconsistent counts or shapes raise
     ValueError (matterport asserted). Unlike matterport, a score of exactly 0
     is still printed, and text offsets do not depend on the image size.
-    Returns the Axes.
     """
     boxes, masks, class_ids = np.asarray(boxes), np.asarray(masks), np.asarray(class_ids)
     image = _display_rgb(image)
@@ -247,7 +247,6 @@ def display_instances(image, boxes, masks, class_ids, class_names,
         _draw_mask_outline(ax, mask, color)
     ax.imshow(masked_image.astype(np.uint8))
     _finish(ax.figure, save_path, owns_figure)
-    return ax
 
 
 def display_differences(image,
@@ -263,7 +262,6 @@ def display_differences(image,
     descending-score order that `compute_matches` uses before captioning;
     matterport paired the sorted IoU rows with unsorted predictions, which
     mislabelled captions whenever predictions were not already sorted.
-    Returns the Axes.
     """
     order = _sort_by_score(np.asarray(pred_score))
     pred_box, pred_class_id = np.asarray(pred_box)[order], np.asarray(pred_class_id)[order]
@@ -283,10 +281,9 @@ def display_differences(image,
     captions = [""] * len(gt_match) + ["{:.2f} / {:.2f}".format(s, iou)
                                        for s, iou in zip(pred_score, ious)]
     title = title or "Ground Truth and Detections\n GT=green, pred=red, captions: score/IoU"
-    return display_instances(image, boxes, masks, class_ids, class_names, scores, ax=ax,
-                             show_bbox=show_box, show_mask=show_mask,
-                             colors=colors, captions=captions, title=title,
-                             save_path=save_path)
+    display_instances(image, boxes, masks, class_ids, class_names, scores, ax=ax,
+                      show_bbox=show_box, show_mask=show_mask,
+                      colors=colors, captions=captions, title=title, save_path=save_path)
 
 
 def draw_rois(image, rois, refined_rois, mask, class_ids, class_names, limit=10, *, save_path=None):
@@ -295,7 +292,7 @@ def draw_rois(image, rois, refined_rois, mask, class_ids, class_names, limit=10,
     rois, refined_rois: [N, (y1, x1, y2, x2)] in image pixels; mask: [N, h, w]
     class-specific mini masks; class_ids: [N] (0 = negative). At most `limit`
     RoIs, picked with numpy's global RNG, are drawn, each in a random colour.
-    Prints the positive/negative counts. Returns the Axes.
+    Prints the positive/negative counts.
     """
     rois, refined_rois, class_ids = np.asarray(rois), np.asarray(refined_rois), np.asarray(class_ids)
     masked_image = _display_rgb(image).astype(np.uint32)
@@ -336,7 +333,6 @@ def draw_rois(image, rois, refined_rois, mask, class_ids, class_names, limit=10,
     print("Negative ROIs: ", int(np.sum(class_ids == 0)))
     print("Positive Ratio: {:.2f}".format(positives / class_ids.shape[0] if class_ids.shape[0] else 0))
     _finish(fig, save_path, owns_figure=True)
-    return ax
 
 
 def draw_box(image, box, color):
@@ -364,7 +360,6 @@ def display_top_masks(image, mask, class_ids, class_names, limit=4, *, save_path
     """Show the image next to the union masks of its `limit` largest classes (by mask area).
 
     Each class panel labels its instances 1, 2, ...; missing panels show "-".
-    Returns the list of Axes.
     """
     mask, class_ids = np.asarray(mask), np.asarray(class_ids)
     to_display = [image]
@@ -378,19 +373,17 @@ def display_top_masks(image, mask, class_ids, class_names, limit=4, *, save_path
         m = mask[:, :, np.where(class_ids == class_id)[0]]
         to_display.append(np.sum(m * np.arange(1, m.shape[-1] + 1), -1))
         titles.append(class_names[class_id] if class_id != -1 else "-")
-    return display_images(to_display, titles=titles, cols=limit + 1, cmap="Blues_r",
-                          save_path=save_path)
+    display_images(to_display, titles=titles, cols=limit + 1, cmap="Blues_r", save_path=save_path)
 
 
 def plot_precision_recall(AP, precisions, recalls, *, save_path=None):
-    """Plot a precision-recall curve (e.g. from `utils.compute_ap`) titled with AP@50. Returns the Axes."""
+    """Plot a precision-recall curve (e.g. from `utils.compute_ap`) titled with AP@50."""
     fig, ax = plt.subplots(1)
     ax.set_title("Precision-Recall Curve. AP@50 = {:.3f}".format(AP))
     ax.set_ylim(0, 1.1)
     ax.set_xlim(0, 1.1)
     ax.plot(recalls, precisions)
     _finish(fig, save_path, owns_figure=True)
-    return ax
 
 
 def plot_overlaps(gt_class_ids, pred_class_ids, pred_scores,
@@ -401,7 +394,7 @@ def plot_overlaps(gt_class_ids, pred_class_ids, pred_scores,
     `overlaps` rows follow `compute_matches`' descending-score order, so the
     prediction labels are sorted the same way here (matterport did not, which
     mislabelled rows for unsorted predictions); class-0 entries (padding) are
-    dropped, from the scores too. Returns the Axes.
+    dropped, from the scores too.
     """
     gt_class_ids = np.asarray(gt_class_ids)
     gt_class_ids = gt_class_ids[gt_class_ids != 0]
@@ -437,7 +430,6 @@ def plot_overlaps(gt_class_ids, pred_class_ids, pred_scores,
     ax.set_ylabel("Predictions")
     fig.tight_layout()
     _finish(fig, save_path, owns_figure=True)
-    return ax
 
 
 def draw_boxes(image, boxes=None, refined_boxes=None,
@@ -448,7 +440,7 @@ def draw_boxes(image, boxes=None, refined_boxes=None,
     boxes: [N, (y1, x1, y2, x2)] drawn dotted; refined_boxes: [N, 4] drawn
     solid and joined to their box's top-left corner; masks: [H, W, N];
     captions: N strings; visibilities: N values, 0 (gray, refined box hidden),
-    1 (colour, dotted) or 2 (colour, solid). Returns the Axes.
+    1 (colour, dotted) or 2 (colour, solid).
     """
     if boxes is None and refined_boxes is None:
         raise ValueError("draw_boxes needs boxes or refined_boxes.")
@@ -496,7 +488,6 @@ def draw_boxes(image, boxes=None, refined_boxes=None,
             _draw_mask_outline(ax, mask, color)
     ax.imshow(masked_image.astype(np.uint8))
     _finish(ax.figure, save_path, owns_figure)
-    return ax
 
 
 def display_table(table):

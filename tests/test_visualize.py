@@ -1,11 +1,12 @@
 """mrcnn.visualize: every function renders to a PNG whose pixels show what it should.
 
-Pixel checks map an image pixel's centre to the saved PNG through the returned
+Pixel checks map an image pixel's centre to the saved PNG through the drawn
 Axes' data transform; images are small and upsampled, so matplotlib draws each
 pixel as a block of identical PNG pixels (nearest-neighbour).
 """
 
 import colorsys
+import io
 import os
 import random
 import subprocess
@@ -34,6 +35,17 @@ def _close_figures():
 def read_png(path):
     """RGB uint8 pixels of a saved PNG."""
     return np.round(matplotlib.image.imread(path)[..., :3] * 255).astype(np.uint8)
+
+
+def drawn(function, *args, **kwargs):
+    """Run a drawing function (which returns None, as matterport's) on its own figure:
+    the figure's PNG pixels and its Axes."""
+    assert function(*args, **kwargs) is None
+    fig = plt.gcf()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    buffer.seek(0)
+    return read_png(buffer), fig.axes
 
 
 def png_pixel(png, ax, x, y):
@@ -118,15 +130,11 @@ def scene():
     return image, utils.extract_bboxes(masks), masks, np.array([1, 2])
 
 
-def test_display_instances_blends_mask_colour_inside_only(scene, tmp_path):
+def test_display_instances_blends_mask_colour_inside_only(scene):
     image, boxes, masks, class_ids = scene
     colors = [(1.0, 0.0, 0.0), (0.0, 0.0, 1.0)]
-    path = tmp_path / "instances.png"
-    ax = visualize.display_instances(image, boxes, masks, class_ids, CLASS_NAMES,
-                                     np.array([0.9, 0.75]), title="two", figsize=(4, 3),
-                                     colors=colors, save_path=path)
-    png = read_png(path)
-    assert not plt.get_fignums()  # saved and closed
+    png, (ax,) = drawn(visualize.display_instances, image, boxes, masks, class_ids, CLASS_NAMES,
+                       np.array([0.9, 0.75]), title="two", figsize=(4, 3), colors=colors)
     # Deep inside each instance (clear of outline, box and caption): the blended colour.
     for i, (rows, cols) in enumerate([(range(8, 13), range(6, 13)), (range(15, 20), range(21, 28))]):
         for r in rows:
@@ -144,14 +152,12 @@ def test_display_instances_blends_mask_colour_inside_only(scene, tmp_path):
     assert [r.get_xy() for r in rects] == [(3, 3), (18, 10)]
 
 
-def test_display_instances_with_no_instances_saves_the_plain_image(scene, tmp_path, capsys):
+def test_display_instances_with_no_instances_draws_the_plain_image(scene, capsys):
     image = scene[0]
-    path = tmp_path / "empty.png"
-    ax = visualize.display_instances(image, np.zeros((0, 4), np.int32), np.zeros((24, 32, 0), bool),
-                                     np.zeros((0,), np.int32), CLASS_NAMES, np.zeros((0,)),
-                                     figsize=(4, 3), save_path=path)
+    png, (ax,) = drawn(visualize.display_instances, image, np.zeros((0, 4), np.int32),
+                       np.zeros((24, 32, 0), bool), np.zeros((0,), np.int32), CLASS_NAMES,
+                       np.zeros((0,)), figsize=(4, 3))
     assert "*** No instances to display ***" in capsys.readouterr().out
-    png = read_png(path)
     shown = np.array([[png_pixel(png, ax, c, r) for c in range(32)] for r in range(24)])
     assert np.array_equal(shown, image)
     assert not ax.patches and not ax.texts
@@ -177,7 +183,7 @@ def test_display_instances_options_and_caller_axes(scene, tmp_path):
     out = visualize.display_instances(image, boxes, masks, class_ids, CLASS_NAMES, ax=ax,
                                       show_mask=False, show_bbox=False, captions=["a", "b"],
                                       colors=[(1, 0, 0), (0, 1, 0)], save_path=path)
-    assert out is ax and plt.fignum_exists(fig.number)  # the caller's figure stays open
+    assert out is None and plt.fignum_exists(fig.number)  # the caller's figure stays open
     png = read_png(path)
     assert np.array_equal(png_pixel(png, ax, 9, 10), image[10, 9])  # no fill with show_mask=False
     assert not any(isinstance(p, matplotlib.patches.Rectangle) for p in ax.patches)
@@ -185,12 +191,13 @@ def test_display_instances_options_and_caller_axes(scene, tmp_path):
     assert len(outlines) == 2  # outlines are drawn even without the fill, as in matterport
     assert [t.get_text() for t in ax.texts] == ["a", "b"]
     # Without scores the caption is the class name.
-    ax2 = visualize.display_instances(image, boxes, masks, class_ids, CLASS_NAMES, figsize=(2, 2))
+    _, (ax2,) = drawn(visualize.display_instances, image, boxes, masks, class_ids, CLASS_NAMES,
+                      figsize=(2, 2))
     assert [t.get_text() for t in ax2.texts] == ["square", "circle"]
 
 
 @pytest.mark.parametrize("kind", ["gray", "gray1", "float01", "rgba", "uint16"])
-def test_display_instances_converts_other_image_kinds(kind, tmp_path):
+def test_display_instances_converts_other_image_kinds(kind):
     gray = np.arange(12 * 16, dtype=np.uint8).reshape(12, 16)
     rgb = np.repeat(gray[..., None], 3, -1)
     image = {"gray": gray, "gray1": gray[..., None], "float01": rgb / 255.0,
@@ -199,10 +206,8 @@ def test_display_instances_converts_other_image_kinds(kind, tmp_path):
     if kind == "uint16":
         image[0, 0] = 65535  # rescaled by the maximum: v * 257 * 255 / 65535 == v
     masks = square_masks((12, 16), [(2, 2, 10, 10)])
-    path = tmp_path / f"{kind}.png"
-    ax = visualize.display_instances(image, utils.extract_bboxes(masks), masks, np.array([3]),
-                                     CLASS_NAMES, figsize=(4, 3), colors=[(0, 1, 0)], save_path=path)
-    png = read_png(path)
+    png, (ax,) = drawn(visualize.display_instances, image, utils.extract_bboxes(masks), masks,
+                       np.array([3]), CLASS_NAMES, figsize=(4, 3), colors=[(0, 1, 0)])
     expected_plain = rgb[1, 14]
     if kind in ("float01", "uint16"):  # rescaling in floating point may land a hair below the integer
         assert np.abs(png_pixel(png, ax, 14, 1).astype(int) - expected_plain).max() <= 1
@@ -212,20 +217,18 @@ def test_display_instances_converts_other_image_kinds(kind, tmp_path):
     assert np.abs(inside - blend(rgb[7, 6], (0, 1, 0))).max() <= 1
 
 
-def test_display_instances_handles_tiny_and_large_images(tmp_path):
+def test_display_instances_handles_tiny_and_large_images():
     one = np.array([[[10, 20, 30]]], np.uint8)
-    path = tmp_path / "one.png"
-    ax = visualize.display_instances(one, np.array([[0, 0, 1, 1]]), np.ones((1, 1, 1), bool),
-                                     np.array([1]), CLASS_NAMES, figsize=(2, 2), captions=[""],
-                                     colors=[(1, 1, 1)], save_path=path)
-    assert np.array_equal(png_pixel(read_png(path), ax, 0, 0), blend(one[0, 0], (1, 1, 1)))
+    png, (ax,) = drawn(visualize.display_instances, one, np.array([[0, 0, 1, 1]]),
+                       np.ones((1, 1, 1), bool), np.array([1]), CLASS_NAMES, figsize=(2, 2),
+                       captions=[""], colors=[(1, 1, 1)])
+    assert np.array_equal(png_pixel(png, ax, 0, 0), blend(one[0, 0], (1, 1, 1)))
+    plt.close("all")
 
     large = np.full((1200, 2000, 3), 40, np.uint8)
     masks = square_masks((1200, 2000), [(100, 100, 1100, 1000)])
-    path = tmp_path / "large.png"
-    ax = visualize.display_instances(large, utils.extract_bboxes(masks), masks, np.array([2]),
-                                     CLASS_NAMES, figsize=(4, 3), colors=[(0, 0, 1)], save_path=path)
-    png = read_png(path)
+    png, (ax,) = drawn(visualize.display_instances, large, utils.extract_bboxes(masks), masks,
+                       np.array([2]), CLASS_NAMES, figsize=(4, 3), colors=[(0, 0, 1)])
     assert np.abs(png_pixel(png, ax, 500, 700).astype(int) - blend([40] * 3, (0, 0, 1))).max() <= 1
     assert np.array_equal(png_pixel(png, ax, 1500, 600), [40, 40, 40])
 
@@ -244,16 +247,15 @@ def evaluation():
             utils.extract_bboxes(pred_masks), pred_class_ids, pred_scores, pred_masks)
 
 
-def test_plot_precision_recall_shows_compute_ap_output(evaluation, tmp_path):
+def test_plot_precision_recall_shows_compute_ap_output(evaluation):
     AP, precisions, recalls, _ = utils.compute_ap(*evaluation)
     assert AP == pytest.approx(5 / 9)  # 1/3 * 1 + 1/3 * 2/3 + 1/3 * 0
-    path = tmp_path / "pr.png"
-    ax = visualize.plot_precision_recall(AP, precisions, recalls, save_path=path)
+    png, (ax,) = drawn(visualize.plot_precision_recall, AP, precisions, recalls)
     assert ax.get_title() == "Precision-Recall Curve. AP@50 = 0.556"
     x, y = ax.lines[0].get_data()
     assert np.allclose(x, recalls) and np.allclose(y, precisions)
     # The curve's flat stretch at precision 2/3 between recall 1/3 and 2/3 is drawn in the line colour.
-    png = read_png(path).astype(int)
+    png = png.astype(int)
     line_rgb = np.round(np.array(matplotlib.colors.to_rgb(ax.lines[0].get_color())) * 255)
     dx, dy = ax.transData.transform((0.5, 2 / 3))
     r, c = int(png.shape[0] - dy), int(dx)
@@ -262,12 +264,11 @@ def test_plot_precision_recall_shows_compute_ap_output(evaluation, tmp_path):
     assert np.array_equal(png[r - 20, c], [255, 255, 255])
 
 
-def test_plot_overlaps_labels_cells_of_compute_ap_overlaps(evaluation, tmp_path):
+def test_plot_overlaps_labels_cells_of_compute_ap_overlaps(evaluation):
     _, _, _, overlaps = utils.compute_ap(*evaluation)
     gt_class_ids, pred_class_ids, pred_scores = evaluation[1], evaluation[4], evaluation[5]
-    path = tmp_path / "overlaps.png"
-    ax = visualize.plot_overlaps(gt_class_ids, pred_class_ids, pred_scores, overlaps,
-                                 CLASS_NAMES, save_path=path)
+    png, (ax, *_) = drawn(visualize.plot_overlaps, gt_class_ids, pred_class_ids, pred_scores,
+                          overlaps, CLASS_NAMES)
     # Rows follow compute_matches' descending-score order: A (0.9), B (0.8), shifted C (0.6).
     assert [t.get_text() for t in ax.get_yticklabels()] == [
         "square (0.90)", "square (0.80)", "square (0.60)"]
@@ -277,7 +278,7 @@ def test_plot_overlaps_labels_cells_of_compute_ap_overlaps(evaluation, tmp_path)
     assert cells[(1, 1)] == "1.000\nwrong"
     assert cells[(2, 2)] == "0.667\nmatch"
     assert cells[(0, 1)] == "0.000\n"
-    png = read_png(path).astype(int)
+    png = png.astype(int)
     for (i, j), value in [((0, 0), 1.0), ((2, 2), 2 / 3), ((0, 1), 0.0)]:
         expected = np.round(np.array(plt.cm.Blues(value)[:3]) * 255)
         assert np.abs(png_pixel(png, ax, j + 0.4, i + 0.4) - expected).max() <= 2
@@ -285,12 +286,11 @@ def test_plot_overlaps_labels_cells_of_compute_ap_overlaps(evaluation, tmp_path)
         visualize.plot_overlaps(gt_class_ids, pred_class_ids[:2], pred_scores[:2], overlaps, CLASS_NAMES)
 
 
-def test_display_differences_colours_gt_green_predictions_red(evaluation, tmp_path):
+def test_display_differences_colours_gt_green_predictions_red(evaluation):
     gt_box, gt_class_id, gt_mask, pred_box, pred_class_id, pred_score, pred_mask = evaluation
     rng = np.random.default_rng(1)
     image = rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)
-    path = tmp_path / "differences.png"
-    ax = visualize.display_differences(image, *evaluation, CLASS_NAMES, save_path=path)
+    png, (ax,) = drawn(visualize.display_differences, image, *evaluation, CLASS_NAMES)
     assert ax.get_title().startswith("Ground Truth and Detections")
     # Each prediction's caption "score / IoU" sits on its own box, although the input was unsorted.
     captions = {t.get_text(): t.xy for t in ax.texts if t.get_text()}
@@ -298,7 +298,6 @@ def test_display_differences_colours_gt_green_predictions_red(evaluation, tmp_pa
     rects = [p for p in ax.patches if isinstance(p, matplotlib.patches.Rectangle)]
     edges = [matplotlib.colors.to_hex(r.get_edgecolor()[:3]) for r in rects]
     assert edges == ["#00ff00"] * 3 + ["#ff0000"] * 3
-    png = read_png(path)
     green, red = (0, 1, 0), (1, 0, 0)
     assert np.array_equal(png_pixel(png, ax, 26, 8), blend(image[8, 26], green))  # GT C only
     assert np.array_equal(png_pixel(png, ax, 36, 8), blend(image[8, 36], red))  # prediction only
@@ -308,15 +307,13 @@ def test_display_differences_colours_gt_green_predictions_red(evaluation, tmp_pa
 
 # ---------------------------------------------------------------- grids, RoIs, boxes
 
-def test_display_images_shows_each_image_with_its_title(tmp_path):
+def test_display_images_shows_each_image_with_its_title():
     rng = np.random.default_rng(2)
     rgb = rng.integers(0, 256, (10, 10, 3), dtype=np.uint8)
     heat = np.linspace(0, 1, 100).reshape(10, 10)
-    path = tmp_path / "images.png"
-    axes = visualize.display_images([rgb, heat], titles=["rgb", "heat"], cols=2, save_path=path)
+    png, axes = drawn(visualize.display_images, [rgb, heat], titles=["rgb", "heat"], cols=2)
     assert [a.get_title() for a in axes] == ["rgb", "heat"]
     assert axes[0].get_subplotspec().get_geometry()[:2] == (1, 2)  # no empty extra row
-    png = read_png(path)
     for r, c in [(0, 0), (3, 7), (9, 9)]:
         assert np.array_equal(png_pixel(png, axes[0], c, r), rgb[r, c])
     # The 2-D float array is colour-mapped over its range, not truncated to zeros.
@@ -326,32 +323,29 @@ def test_display_images_shows_each_image_with_its_title(tmp_path):
     assert np.abs(high.astype(int) - np.round(np.array(viridis(1.0)[:3]) * 255)).max() <= 2
 
 
-def test_display_top_masks_orders_classes_by_mask_area(tmp_path):
+def test_display_top_masks_orders_classes_by_mask_area():
     image = np.full((20, 30, 3), 60, np.uint8)
     masks = square_masks((20, 30), [(0, 0, 4, 4), (5, 5, 15, 15), (10, 20, 14, 24)])
     class_ids = np.array([1, 2, 1])
-    path = tmp_path / "top.png"
-    axes = visualize.display_top_masks(image, masks, class_ids, CLASS_NAMES, limit=3, save_path=path)
+    png, axes = drawn(visualize.display_top_masks, image, masks, class_ids, CLASS_NAMES, limit=3)
     assert [a.get_title() for a in axes] == ["H x W=20x30", "circle", "square", "-"]
     square_panel = np.asarray(axes[2].images[0].get_array())
     assert np.array_equal(square_panel, masks[..., 0] * 1 + masks[..., 2] * 2)
     assert not np.asarray(axes[3].images[0].get_array()).any()
-    png = read_png(path)
     assert np.array_equal(png_pixel(png, axes[0], 12, 9), [60, 60, 60])
     # Blues_r: instance pixels pale, background dark.
     instance, background = (png_pixel(png, axes[1], c, r).astype(int) for r, c in [(10, 10), (2, 25)])
     assert instance.sum() > background.sum()
 
 
-def test_draw_rois_draws_boxes_refinements_and_masks(tmp_path, capsys):
+def test_draw_rois_draws_boxes_refinements_and_masks(capsys):
     image = np.full((64, 64, 3), 50, np.uint8)
     rois = np.array([[5, 5, 30, 30], [35, 35, 60, 60], [0, 0, 10, 10]])
     refined = rois + 2
     mini_masks = np.ones((3, 28, 28), np.float32)
     class_ids = np.array([1, 2, 0])
     np.random.seed(0)
-    path = tmp_path / "rois.png"
-    ax = visualize.draw_rois(image, rois, refined, mini_masks, class_ids, CLASS_NAMES, save_path=path)
+    png, (ax,) = drawn(visualize.draw_rois, image, rois, refined, mini_masks, class_ids, CLASS_NAMES)
     assert ax.get_title() == "3 ROIs"
     assert "Positive ROIs:  2" in capsys.readouterr().out
     rects = [p for p in ax.patches if isinstance(p, matplotlib.patches.Rectangle)]
@@ -360,33 +354,32 @@ def test_draw_rois_draws_boxes_refinements_and_masks(tmp_path, capsys):
     assert len(dashed) == 3 and len(solid) == 2
     assert matplotlib.colors.to_hex(dashed[-1].get_edgecolor()) == matplotlib.colors.to_hex("gray")
     assert sorted(t.get_text() for t in ax.texts) == ["circle", "square"]
-    png = read_png(path)
     colour = solid[0].get_edgecolor()[:3]
     assert np.array_equal(png_pixel(png, ax, 25, 25), blend([50] * 3, colour))
     assert np.array_equal(png_pixel(png, ax, 3, 3), [50, 50, 50])  # negative RoI: no mask
 
-    ax = visualize.draw_rois(image, rois, refined, mini_masks, class_ids, CLASS_NAMES, limit=2)
+    plt.close("all")
+    _, (ax,) = drawn(visualize.draw_rois, image, rois, refined, mini_masks, class_ids, CLASS_NAMES,
+                     limit=2)
     assert ax.get_title() == "Showing 2 random ROIs out of 3"
 
 
-def test_draw_boxes_styles_by_visibility(tmp_path):
+def test_draw_boxes_styles_by_visibility():
     image = np.full((40, 40, 3), 30, np.uint8)
     boxes = np.array([[2, 2, 12, 12], [15, 15, 25, 25], [26, 26, 38, 38]])
     masks = square_masks((40, 40), [tuple(b) for b in boxes])
     random.seed(5)
     colors = visualize.random_colors(3)
     random.seed(5)
-    path = tmp_path / "boxes.png"
-    ax = visualize.draw_boxes(image, boxes=boxes, refined_boxes=boxes + 1, masks=masks,
-                              captions=["zero", "one", "two"], visibilities=[0, 1, 2],
-                              title="boxes", save_path=path)
+    png, (ax,) = drawn(visualize.draw_boxes, image, boxes=boxes, refined_boxes=boxes + 1,
+                       masks=masks, captions=["zero", "one", "two"], visibilities=[0, 1, 2],
+                       title="boxes")
     rects = [p for p in ax.patches if isinstance(p, matplotlib.patches.Rectangle)]
     # Box, then its refined box (not for visibility 0).
     assert [linestyle(r) for r in rects] == [":", ":", "-", "-", "-"]
     assert matplotlib.colors.to_hex(rects[0].get_edgecolor()) == matplotlib.colors.to_hex("gray")
     assert [(t.get_text(), t.get_position()) for t in ax.texts] == [
         ("zero", (3, 3)), ("one", (16, 16)), ("two", (27, 27))]
-    png = read_png(path)
     assert np.array_equal(png_pixel(png, ax, 34, 34), blend([30] * 3, colors[2]))
     assert np.array_equal(png_pixel(png, ax, 20, 22), blend([30] * 3, colors[1]))
     assert np.array_equal(png_pixel(png, ax, 5, 35), [30, 30, 30])
@@ -485,3 +478,60 @@ def test_show_policy(backend, interactive, with_path, shows, scene, tmp_path, mo
     visualize.display_instances(*scene, CLASS_NAMES, figsize=(2, 2), save_path=path)
     assert bool(shown) == shows
     assert bool(plt.get_fignums()) == (not with_path)
+
+
+SAVED_DRAWINGS = {
+    "display_instances": lambda **kw: visualize.display_instances(
+        np.full((24, 32, 3), 90, np.uint8), np.array([[3, 3, 15, 15]]),
+        square_masks((24, 32), [(3, 3, 15, 15)]), np.array([1]), CLASS_NAMES, figsize=(3, 3), **kw),
+    "display_images": lambda **kw: visualize.display_images([np.eye(8)], cols=1, **kw),
+    "draw_boxes": lambda **kw: visualize.draw_boxes(np.zeros((16, 16, 3), np.uint8),
+                                                    boxes=np.array([[2, 2, 9, 9]]), **kw),
+    "plot_precision_recall": lambda **kw: visualize.plot_precision_recall(
+        0.5, np.array([1, 1, 0.5, 0]), np.array([0, 0.5, 0.5, 1]), **kw),
+}
+
+
+@pytest.mark.parametrize("name", SAVED_DRAWINGS)
+def test_save_path_writes_the_figure_closes_it_and_returns_none(name, tmp_path):
+    draw = SAVED_DRAWINGS[name]
+    random.seed(0)  # the same random colours both times
+    png, _ = drawn(draw)
+    plt.close("all")
+    path = tmp_path / f"{name}.png"
+    random.seed(0)
+    assert draw(save_path=path) is None
+    assert not plt.get_fignums()
+    assert np.array_equal(read_png(path), png)
+
+
+def test_a_notebook_cell_ending_with_a_drawing_shows_it_and_prints_nothing(tmp_path, monkeypatch):
+    """matterport's notebooks end cells with display_* calls, often on `ax=get_ax()`."""
+    import json
+
+    import nbformat
+    from nbclient import NotebookClient
+
+    kernel_dir = tmp_path / "jupyter" / "kernels" / "mrcnn-tests"
+    kernel_dir.mkdir(parents=True)
+    (kernel_dir / "kernel.json").write_text(json.dumps({
+        "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+        "display_name": "mrcnn tests", "language": "python"}))
+    monkeypatch.setenv("JUPYTER_PATH", str(tmp_path / "jupyter"))
+    monkeypatch.setenv("PYTHONPATH", os.path.dirname(os.path.dirname(visualize.__file__)))
+    setup = ("import numpy as np, matplotlib.pyplot as plt\n"
+             "from mrcnn import visualize\n"
+             "image = np.full((24, 32, 3), 90, np.uint8)\n"
+             "masks = np.zeros((24, 32, 1), bool); masks[3:15, 3:15] = True\n"
+             "args = (image, np.array([[3, 3, 15, 15]]), masks, np.array([1]), ['BG', 'square'])")
+    drawings = ["visualize.display_instances(*args, np.array([0.9]))",
+                "_, ax = plt.subplots(1, figsize=(4, 4))\n"
+                "visualize.display_instances(*args, ax=ax, title='Predictions')",
+                "visualize.display_top_masks(image, masks, np.array([1]), ['BG', 'square'])",
+                "visualize.draw_boxes(image, boxes=np.array([[3, 3, 15, 15]]))"]
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(c) for c in [setup, *drawings]])
+    NotebookClient(nb, timeout=120, kernel_name="mrcnn-tests").execute()
+    for cell in nb.cells[1:]:
+        kinds = [o.output_type for o in cell.outputs]
+        assert "execute_result" not in kinds, (cell.source, cell.outputs)
+        assert [o for o in cell.outputs if "image/png" in o.get("data", {})], cell.source
