@@ -10,6 +10,7 @@ weights.py (HDF5 weight files by layer name).
 """
 
 import datetime
+import logging
 import os
 import re
 
@@ -60,6 +61,42 @@ def log(text, array=None):
 
 class TrainingDiverged(RuntimeError):
     """A training loss became NaN or infinite."""
+
+
+class _FirstTraceAfterCompile(logging.Filter):
+    """Drops TensorFlow's "triggered tf.function retracing" warning for the first
+    trace of the train and test functions that `train()`'s compile() made anew.
+
+    Each `train()` stage recompiles (the trainable layers changed), so Keras builds
+    new train/test functions from the same code, and TensorFlow counts their
+    first traces together: three short stages pass its threshold (5 traces in 10
+    calls). A further trace of the same function (a real retrace, e.g. batches
+    of changing shapes) is still reported, and so is everything when Keras'
+    functions cannot be inspected.
+    """
+
+    def __init__(self, keras_model):
+        super().__init__()
+        self.keras_model = keras_model
+
+    def _compiled_functions(self):
+        """The tf.functions inside Keras' train/test function wrappers (empty if not found)."""
+        for wrapper in (self.keras_model.train_function, self.keras_model.test_function):
+            for cell in getattr(wrapper, "__closure__", None) or ():
+                try:
+                    content = cell.cell_contents
+                except ValueError:  # an empty cell
+                    continue
+                if isinstance(content, tf.types.experimental.PolymorphicFunction):
+                    yield content
+
+    def filter(self, record):
+        message = record.getMessage()
+        if "triggered tf.function retracing" not in message:
+            return True
+        return not any(f"calls to {function.python_function!r} triggered" in message
+                       and function.experimental_get_tracing_count() <= 1
+                       for function in self._compiled_functions())
 
 
 class _StopOnNaN(keras.callbacks.Callback):
@@ -265,10 +302,16 @@ class MaskRCNN:
         if epochs <= self.epoch:
             log(f"Already trained up to epoch {self.epoch}; pass epochs > {self.epoch} to train more.")
             return None
-        history = self.keras_model.fit(
-            train_seq, initial_epoch=self.epoch, epochs=epochs,
-            steps_per_epoch=self.config.STEPS_PER_EPOCH, callbacks=callbacks,
-            validation_data=val_seq, validation_steps=self.config.VALIDATION_STEPS if val_seq else None)
+        retrace_filter = _FirstTraceAfterCompile(self.keras_model)
+        tf.get_logger().addFilter(retrace_filter)
+        try:
+            history = self.keras_model.fit(
+                train_seq, initial_epoch=self.epoch, epochs=epochs,
+                steps_per_epoch=self.config.STEPS_PER_EPOCH, callbacks=callbacks,
+                validation_data=val_seq,
+                validation_steps=self.config.VALIDATION_STEPS if val_seq else None)
+        finally:
+            tf.get_logger().removeFilter(retrace_filter)
         self.epoch = max(self.epoch, epochs)
         return history
 

@@ -1,5 +1,7 @@
 """What a user migrating from matterport sees: imgaug on numpy 2 (the `imaug` fork)."""
 
+import os
+
 import numpy as np
 import pytest
 
@@ -84,3 +86,78 @@ def test_nucleus_augmentation_keeps_masks_on_their_objects(iaa, shapes_train, ti
         inside = masks.any(-1)
         assert image[inside].mean() > image[~inside].mean() + 40
     assert len(seen) >= 3  # SomeOf((0, 2), ...) picked different geometric moves
+
+
+# ---------------------------------------------------------------- console output
+
+def test_retrace_filter_drops_only_the_first_trace_after_compile():
+    import logging
+
+    import keras
+
+    from mrcnn.model import _FirstTraceAfterCompile
+
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1)])
+    model.compile("sgd", "mse")
+    model.fit(np.ones((4, 3)), np.ones((4, 1)), batch_size=2, verbose=0)   # one trace
+    retrace_filter = _FirstTraceAfterCompile(model)
+    train_function = next(retrace_filter._compiled_functions())
+
+    def warning_about(function):
+        return logging.LogRecord("tensorflow", logging.WARNING, __file__, 0,
+                                 f"5 out of the last 7 calls to {function!r} triggered tf.function "
+                                 "retracing. Tracing is expensive ...", None, None)
+
+    assert not retrace_filter.filter(warning_about(train_function.python_function))
+    assert retrace_filter.filter(warning_about(warning_about))             # someone else's function
+    assert retrace_filter.filter(logging.LogRecord("tensorflow", logging.WARNING, __file__, 0,
+                                                   "another warning", None, None))
+    model.fit(np.ones((3, 3)), np.ones((3, 1)), batch_size=2, verbose=0)   # a batch of 1: a retrace
+    assert train_function.experimental_get_tracing_count() == 2
+    assert retrace_filter.filter(warning_about(train_function.python_function))
+
+
+TRAIN_THREE_STAGES = """
+import sys
+sys.path.insert(0, sys.argv[1])
+import tensorflow as tf
+from conftest import TinyConfig, TinyShapes
+from mrcnn import model as modellib
+
+class Config(TinyConfig):
+    STEPS_PER_EPOCH = 1
+    VALIDATION_STEPS = 1
+
+dataset = TinyShapes()
+dataset.load_shapes(4, seed=1)
+dataset.prepare()
+model = modellib.MaskRCNN("training", Config(), sys.argv[2])
+for epoch, layers in enumerate(["heads", "4+", "all"], start=1):
+    model.train(dataset, dataset, learning_rate=0.001, epochs=epoch, layers=layers, workers=1)
+
+@tf.function
+def user_function(x):
+    return x + 1
+
+for n in range(1, 7):  # six shapes, six traces: a retrace the user should hear about
+    user_function(tf.zeros([n]))
+raise ValueError("a real error after training")
+"""
+
+
+def test_three_training_stages_print_no_tensorflow_noise_but_real_problems(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    tests = Path(__file__).parent
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}  # TF's default
+    env["PYTHONPATH"] = str(tests.parent)
+    result = subprocess.run([sys.executable, "-c", TRAIN_THREE_STAGES, str(tests), str(tmp_path)],
+                            env=env, capture_output=True, text=True, timeout=600)
+    stderr = result.stderr
+    assert result.returncode == 1 and "ValueError: a real error after training" in stderr
+    assert "Epoch 3/3" in result.stdout                                   # all three stages ran
+    assert "user_function at" in stderr and "triggered tf.function retracing" in stderr
+    assert "multi_step_on_iterator" not in stderr
+    assert stderr.count("Error in PredictCost()") == 0                    # Grappler's cost estimator
