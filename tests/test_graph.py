@@ -28,8 +28,7 @@ from mrcnn.roi_heads import (DetectionLayer, DetectionTargetLayer, PyramidROIAli
 from mrcnn.rpn import (AnchorsLayer, ProposalLayer, rpn_bbox_loss_graph,
                        rpn_class_loss_graph)
 
-REFERENCE = Path("/work/shared/reference") if Path("/work/shared/reference").is_dir() else \
-    Path(__file__).resolve().parents[2] / "shared" / "reference"
+REFERENCE = Path(__file__).resolve().parent / "data"   # listings of matterport's weight files
 
 
 class GraphConfig(Config):
@@ -162,8 +161,6 @@ def matterport_weight_names(model):
     return names
 
 
-@pytest.mark.skipif(not (REFERENCE / "matterport_layout_shapes_resnet50.json").exists(),
-                    reason="matterport reference layouts not available")
 @pytest.mark.parametrize("build", [graph.build_inference_model, graph.build_training_model])
 def test_weight_layers_match_matterport_layout(build):
     listing = json.loads((REFERENCE / "matterport_layout_shapes_resnet50.json").read_text())
