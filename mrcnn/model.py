@@ -407,10 +407,11 @@ class MaskRCNN:
         return self._detect(molded_images, image_metas, windows, original_shapes, verbose)
 
     def detect_molded(self, molded_images, image_metas, verbose=0):
-        """Detect on images already molded (e.g. from load_image_gt + mold_image); boxes in molded pixels."""
+        """Detect on images already molded (e.g. from load_image_gt + mold_image); boxes and masks
+        in molded pixels, padding included (as matterport: the whole image is the window)."""
         self._check_batch(molded_images, "detect_molded")
         molded_images = np.asarray(molded_images)
-        windows = [parse_image_meta(np.asarray(image_metas))["window"][i] for i in range(len(molded_images))]
+        windows = [(0, 0) + m.shape[:2] for m in molded_images]
         return self._detect(molded_images, np.asarray(image_metas), windows,
                             [m.shape for m in molded_images], verbose)
 

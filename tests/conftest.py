@@ -1,6 +1,11 @@
-"""Shared fixtures: a tiny shapes dataset drawn with numpy and a small, fast config."""
+"""Shared fixtures: a tiny shapes dataset drawn with numpy, a small, fast config, and a local
+HTTP server for the code that downloads."""
 
+import contextlib
+import functools
+import http.server
 import os
+import threading
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -97,3 +102,27 @@ def shapes_val():
     ds.load_shapes(8, seed=2)
     ds.prepare()
     return ds
+
+
+class QuietFiles(http.server.SimpleHTTPRequestHandler):
+    """Serves a folder's files without logging each request to stderr."""
+
+    def log_message(self, *args):
+        pass
+
+
+@contextlib.contextmanager
+def local_server(directory=None, handler=None):
+    """An HTTP server on 127.0.0.1 (a free port) in a thread; yields its base URL.
+
+    Serves `directory`'s files, or answers with `handler` (a BaseHTTPRequestHandler class).
+    """
+    if handler is None:
+        handler = functools.partial(QuietFiles, directory=str(directory))
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    finally:
+        httpd.shutdown()
+        httpd.server_close()

@@ -163,3 +163,57 @@ def test_train_evaluate_detect_export(tmp_path):
     exported = str(tmp_path / "exported")
     assert cli.main(["export", "--logs", logs, "--output", exported, *TINY]) == 0
     assert os.path.isfile(os.path.join(exported, "saved_model.pb"))
+
+
+def test_train_weights_coco_downloads_and_drops_the_class_heads_and_exclude_drops_more(tmp_path, monkeypatch, capsys):
+    """`--weights coco` fetches the file into the Keras cache (here from 127.0.0.1), and for a
+    dataset with other classes than COCO's 81 leaves out the class-specific heads; `--exclude`
+    leaves out the layers it names. With --layers heads the backbone does not train, so the
+    checkpoint shows what was loaded: the file's values except in the excluded layer."""
+    from mrcnn import model as modellib
+    from mrcnn import utils
+    from mrcnn.weights import save_weights_by_name
+    from samples.shapes.shapes import FastShapesConfig
+    from tests.conftest import local_server
+
+    overrides = dict(item.split("=") for item in TINY[TINY.index("--config") + 1:])
+
+    class Coco(FastShapesConfig):
+        NAME, NUM_CLASSES, IMAGES_PER_GPU = "coco", 81, 1
+        IMAGE_MIN_DIM = IMAGE_MAX_DIM = int(overrides["IMAGE_MAX_DIM"])
+
+    coco = modellib.MaskRCNN("inference", Coco(), str(tmp_path / "unused"))
+    (tmp_path / "srv").mkdir()
+    save_weights_by_name(coco.keras_model, tmp_path / "srv" / "mask_rcnn_coco.h5")
+    served = dict(read_values(tmp_path / "srv" / "mask_rcnn_coco.h5"))
+
+    annotations, images_dir = write_coco(str(tmp_path))
+    logs = str(tmp_path / "logs")
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
+    with local_server(tmp_path / "srv") as url:
+        download = utils.download_trained_weights
+        monkeypatch.setattr(utils, "download_trained_weights",
+                            lambda path, verbose=1: download(path, verbose, url=f"{url}/mask_rcnn_coco.h5"))
+        assert cli.main(["train", "--dataset", annotations, "--image-dir", images_dir, "--format", "coco",
+                         "--logs", logs, "--weights", "coco", "--exclude", "lite_c3b_conv",
+                         "--layers", "heads", "--epochs", "1", "--workers", "1", *TINY,
+                         "STEPS_PER_EPOCH=1", "IMAGES_PER_GPU=2", "VALIDATION_STEPS=0"]) == 0
+    out = capsys.readouterr().out
+    cached = tmp_path / "keras" / "models" / "mask_rcnn_coco.h5"
+    assert cached.read_bytes() == (tmp_path / "srv" / "mask_rcnn_coco.h5").read_bytes()
+    assert f"Loading weights {cached} (excluding lite_c3b_conv, heads_for_new_classes)" in out
+
+    (checkpoint,) = [os.path.join(d, f) for d, _, fs in os.walk(logs) for f in fs if f.endswith(".h5")]
+    trained = dict(read_values(checkpoint))
+    assert [w.shape for w in trained["mrcnn_class_logits"]] == [(256, 3), (3,)]   # 3 classes, not 81
+    for name in ("lite_c1a_conv", "lite_c3a_conv", "lite_c3a_bn", "lite_c4b_conv"):
+        assert all(np.array_equal(a, b) for a, b in zip(trained[name], served[name])), name
+    assert not np.array_equal(trained["lite_c3b_conv"][0], served["lite_c3b_conv"][0])
+
+
+def read_values(path):
+    """[(layer name, [arrays])] of a Keras-2-layout weights file."""
+    import h5py
+    with h5py.File(path, "r") as f:
+        return [(name.decode(), [f[name.decode()][w][()] for w in f[name.decode()].attrs["weight_names"]])
+                for name in f.attrs["layer_names"]]

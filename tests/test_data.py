@@ -9,19 +9,15 @@ import pytest
 
 from mrcnn import data, utils
 from mrcnn.backbone import compute_backbone_shapes
-from mrcnn.config import Config
+from tests.conftest import TinyConfig
 
 
-class SmallConfig(Config):
+class SmallConfig(TinyConfig):
+    """TinyConfig for the two-class ShapesDataset below, with matterport's 56x56 mini-masks."""
     NAME = "data-test"
-    BACKBONE = "resnet50"
     NUM_CLASSES = 1 + 2
-    IMAGES_PER_GPU = 2
-    IMAGE_MIN_DIM = IMAGE_MAX_DIM = 128
-    RPN_ANCHOR_SCALES = (8, 16, 32, 64, 128)
-    RPN_TRAIN_ANCHORS_PER_IMAGE = 64
-    TRAIN_ROIS_PER_IMAGE = 32
     MAX_GT_INSTANCES = 10
+    MINI_MASK_SHAPE = (56, 56)
 
 
 class ShapesDataset(utils.Dataset):

@@ -3,11 +3,11 @@
 import http.server
 import os
 import socket
-import threading
 
 import pytest
 
 from mrcnn import utils
+from tests.conftest import local_server
 
 PAYLOAD = os.urandom(3 * (1 << 20) + 123)
 
@@ -35,10 +35,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
 
 @pytest.fixture(scope="module")
 def server():
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{httpd.server_address[1]}"
-    httpd.shutdown()
+    with local_server(handler=Handler) as url:
+        yield url
 
 
 def test_download_writes_the_whole_file_with_progress(server, tmp_path, capsys):

@@ -255,3 +255,22 @@ def test_callback_evaluates_every_n_epochs_into_logs_and_tensorboard(tmp_path, s
     assert b"epoch_segm_AP" in events and b"epoch_mAP50" in events
     with pytest.raises(ValueError, match="every"):
         evaluate.EvaluationCallback(model, shapes_val, every=0)
+
+
+def test_detect_dataset_pads_the_last_partial_batch_and_drops_the_padding(shapes_val, tmp_path):
+    """Three images at BATCH_SIZE 2: [0, 1], then [2, 2] of which one result is kept."""
+    from mrcnn import model as modellib
+    from tests.conftest import TinyConfig
+
+    class Pairs(TinyConfig):
+        DETECTION_MIN_CONFIDENCE = 0.0      # random weights: keep every detection
+
+    model = modellib.MaskRCNN("inference", Pairs(), str(tmp_path))
+    results = evaluate.detect_dataset(model, shapes_val, image_ids=[0, 1, 2], verbose=0)
+    images = [shapes_val.load_image(i) for i in (0, 1, 2)]
+    expected = model.detect(images[:2]) + model.detect([images[2], images[2]])[:1]
+    assert len(results) == 3 and len(expected[2]["scores"]) > 0
+    for got, want in zip(results, expected):
+        for key in ("rois", "class_ids", "scores", "masks"):
+            np.testing.assert_array_equal(got[key], want[key])
+    assert not np.array_equal(results[1]["rois"], results[2]["rois"])

@@ -27,28 +27,20 @@ from mrcnn.roi_heads import (DetectionLayer, DetectionTargetLayer, PyramidROIAli
                              mrcnn_mask_loss_graph)
 from mrcnn.rpn import (AnchorsLayer, ProposalLayer, rpn_bbox_loss_graph,
                        rpn_class_loss_graph)
+from tests.conftest import TinyConfig
 
-REFERENCE = Path("/work/shared/reference") if Path("/work/shared/reference").is_dir() else \
-    Path(__file__).resolve().parents[2] / "shared" / "reference"
+REFERENCE = Path(__file__).resolve().parent / "data"   # listings of matterport's weight files
 
 
-class GraphConfig(Config):
-    """128-px ResNet-50 with few RoIs and narrow FPN/FC layers (names unchanged)."""
+class GraphConfig(TinyConfig):
+    """TinyConfig with fewer RoIs and detections and narrower FPN/FC layers (names unchanged)."""
     NAME = "graph_test"
-    BACKBONE = "resnet50"
-    IMAGES_PER_GPU = 2
-    NUM_CLASSES = 4
-    IMAGE_MIN_DIM = IMAGE_MAX_DIM = 128
-    RPN_ANCHOR_SCALES = (8, 16, 32, 64, 128)
-    RPN_TRAIN_ANCHORS_PER_IMAGE = 64
     PRE_NMS_LIMIT = 500
     POST_NMS_ROIS_TRAINING = 100
     POST_NMS_ROIS_INFERENCE = 50
-    TRAIN_ROIS_PER_IMAGE = 32
     MAX_GT_INSTANCES = 6
     DETECTION_MAX_INSTANCES = 10
     DETECTION_MIN_CONFIDENCE = 0.0
-    MINI_MASK_SHAPE = (28, 28)
     TOP_DOWN_PYRAMID_SIZE = 32
     FPN_CLASSIF_FC_LAYERS_SIZE = 64
 
@@ -162,8 +154,6 @@ def matterport_weight_names(model):
     return names
 
 
-@pytest.mark.skipif(not (REFERENCE / "matterport_layout_shapes_resnet50.json").exists(),
-                    reason="matterport reference layouts not available")
 @pytest.mark.parametrize("build", [graph.build_inference_model, graph.build_training_model])
 def test_weight_layers_match_matterport_layout(build):
     listing = json.loads((REFERENCE / "matterport_layout_shapes_resnet50.json").read_text())
@@ -710,7 +700,8 @@ def test_model_configs_round_trip(inference_model, training_model):
     assert again.loss_weights == weights and again.weight_decay == 0.01
 
 
-def test_fit_reports_the_five_losses_and_keeps_frozen_bn(config, training_model):
+def test_fit_reports_the_five_losses_and_keeps_frozen_bn(config):
+    training_model = graph.build_training_model(config)     # its own: fit changes the weights
     rng = np.random.default_rng(0)
     batches = [training_batch(config, 2, rng) for _ in range(2)]
     training_model.compile(optimizer=keras.optimizers.SGD(0.001, momentum=0.9, clipnorm=5.0))
@@ -766,6 +757,33 @@ def test_recompile_after_freezing_keeps_loss_definition():
                                decay(model, config.WEIGHT_DECAY), rtol=1e-3)
 
 
+def test_total_loss_is_the_weighted_sum_plus_decay():
+    """With LOSS_WEIGHTS far from 1, a fit() step reports each loss as weight * the loss
+    layer's output, and the total it minimises as their sum plus the L2 decay. The given
+    RoIs are the two GT boxes and 98 copies of one negative box, so whichever RoIs are sampled,
+    every pass sees the same ones (zero-padded input_roi rows would be sampled as negatives)."""
+    weights = dict(zip(LOSS_NAMES, (0.5, 2.0, 3.0, 0.25, 1.5)))
+
+    class Weighted(TinyBackboneConfig):
+        LOSS_WEIGHTS = weights
+        WEIGHT_DECAY = 1.0      # a decay term 100x the tolerance below
+
+    config = Weighted()
+    model = graph.build_training_model(config)
+    model.compile(optimizer=keras.optimizers.SGD(0.0))
+    data = training_batch(config, 2, np.random.default_rng(3), rois=True)
+    data[-1][:, 2:] = [0, 100, 20, 127]
+    outputs = dict(zip(model.output_names, model(data, training=False)))
+    raw = {name: float(np.mean(outputs[name])) for name in LOSS_NAMES}
+    assert all(raw[name] > 0 for name in LOSS_NAMES)
+    expected = sum(weights[name] * raw[name] for name in LOSS_NAMES) + decay(model, config.WEIGHT_DECAY)
+    assert decay(model, config.WEIGHT_DECAY) > 1e-3 * expected
+    fitted = {k: v[0] for k, v in model.fit(data, batch_size=2, epochs=1, verbose=0).history.items()}
+    for name in LOSS_NAMES:
+        np.testing.assert_allclose(fitted[name], weights[name] * raw[name], rtol=1e-5, err_msg=name)
+    np.testing.assert_allclose(fitted["loss"], expected, rtol=1e-5)
+
+
 MIRRORED_SCRIPT = """
 import sys
 import numpy as np, tensorflow as tf
@@ -778,7 +796,7 @@ from test_graph import TinyBackboneConfig, training_batch
 
 class Config(TinyBackboneConfig):
     USE_RPN_ROIS = True
-    IMAGES_PER_GPU = 4
+    IMAGES_PER_GPU = 2      # one image per replica
     WEIGHT_DECAY = 0.0
 
 def run(strategy):
@@ -786,9 +804,9 @@ def run(strategy):
     with strategy.scope():
         model = graph.build_training_model(Config())
         model.compile(optimizer=keras.optimizers.SGD(0.5))
-    data = training_batch(Config(), 4, np.random.default_rng(0))
+    data = training_batch(Config(), 2, np.random.default_rng(0))
     data[4][:] = 0        # no GT: no sampled RoI, so the step is deterministic
-    data[2][:, :, 0] = np.tile(data[2][:1, :, 0], (4, 1))   # equal anchor counts per image
+    data[2][:, :, 0] = np.tile(data[2][:1, :, 0], (2, 1))   # equal anchor counts per image
     data[-1] = data[-1].astype(np.uint8)   # Keras cannot MEAN-reduce bool batches
     ds = tf.data.Dataset.from_tensors((tuple(data),))
     before = [w.numpy() for w in model.trainable_weights]
@@ -807,8 +825,9 @@ print("OK")
 """
 
 
-@pytest.mark.slow
 def test_mirrored_strategy_step_equals_single_device_step():
+    """One SGD step of a batch of 2 over two logical CPUs gives the single-device step's
+    losses and weight updates (a fresh process: logical devices are set before any op)."""
     root = Path(__file__).resolve().parents[1]
     result = subprocess.run([sys.executable, "-c", textwrap.dedent(MIRRORED_SCRIPT)], cwd=root,
                             capture_output=True, text=True, timeout=600,

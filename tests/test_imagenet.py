@@ -1,10 +1,7 @@
 """ImageNet initialisation: keras.applications' ResNet-101 file, served from 127.0.0.1 with random
 values, converted to matterport's names; the converted backbone computes keras.applications' features."""
 
-import functools
-import http.server
 import socket
-import threading
 
 import h5py
 import keras
@@ -14,17 +11,12 @@ import pytest
 from mrcnn import imagenet
 from mrcnn import model as modellib
 from mrcnn.weights import save_weights_by_name
-from tests.conftest import TinyConfig
+from tests.conftest import TinyConfig, local_server
 
 FILE = "resnet101_weights_tf_dim_ordering_tf_kernels_notop.h5"
 # keras.applications' output names of C2..C5 and ours (resnet_graph).
 KERAS_C = ["conv2_block3_out", "conv3_block4_out", "conv4_block23_out", "conv5_block3_out"]
 OURS_C = ["res2c_out", "res3d_out", "res4w_out", "res5c_out"]
-
-
-class QuietHandler(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, *args):
-        pass
 
 
 class R101Config(TinyConfig):
@@ -54,11 +46,8 @@ def served(keras_resnet, tmp_path_factory):
     folder = tmp_path_factory.mktemp("srv")
     save_weights_by_name(keras_resnet, folder / FILE)
     (folder / "garbage.h5").write_bytes(b"<html>not found</html>")
-    handler = functools.partial(QuietHandler, directory=str(folder))
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    yield folder, f"http://127.0.0.1:{httpd.server_address[1]}"
-    httpd.shutdown()
+    with local_server(folder) as url:
+        yield folder, url
 
 
 @pytest.fixture(scope="module")
@@ -181,11 +170,8 @@ def test_bad_or_missing_files_are_clear_errors(served, tmp_path, monkeypatch):
         imagenet.imagenet_weights("resnet152")
 
 
-def test_custom_backbone_has_no_imagenet_weights(converted):
+def test_custom_backbone_has_no_imagenet_weights(converted, monkeypatch):
     model = converted[0]
-    model.config.BACKBONE = lambda *a, **k: None
-    try:
-        with pytest.raises(ValueError, match="custom callable.*backbone='resnet50'"):
-            model.get_imagenet_weights()
-    finally:
-        model.config.BACKBONE = "resnet101"
+    monkeypatch.setattr(model.config, "BACKBONE", lambda *a, **k: None)
+    with pytest.raises(ValueError, match="custom callable.*backbone='resnet50'"):
+        model.get_imagenet_weights()

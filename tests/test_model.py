@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from mrcnn import model as modellib
-from tests.conftest import TinyConfig
+from tests.conftest import TinyConfig, local_server
 
 LOSSES = ["rpn_class_loss", "rpn_bbox_loss", "mrcnn_class_loss", "mrcnn_bbox_loss", "mrcnn_mask_loss"]
 
@@ -312,21 +312,13 @@ def test_ancestor_and_trainable_layers(detector):
 
 
 def test_get_imagenet_weights_downloads_once_into_the_keras_cache(detector, tmp_path, monkeypatch):
-    import functools
-    import http.server
-    import threading
     (tmp_path / "srv").mkdir()
     (tmp_path / "srv" / "resnet50_notop.h5").write_bytes(b"weights" * 1000)
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path / "srv"))
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
     monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
-    url = f"http://127.0.0.1:{httpd.server_address[1]}/resnet50_notop.h5"
-    try:
+    with local_server(tmp_path / "srv") as server:
+        url = f"{server}/resnet50_notop.h5"
         path = detector.get_imagenet_weights(url=url)
         assert path == str(tmp_path / "keras" / "models" / "resnet50_notop.h5")
         assert open(path, "rb").read() == b"weights" * 1000
         (tmp_path / "srv" / "resnet50_notop.h5").unlink()  # a second call must not download again
         assert detector.get_imagenet_weights(url=url) == path
-    finally:
-        httpd.shutdown()

@@ -369,18 +369,3 @@ def test_compute_ap_against_cocoeval():
     assert utils.compute_ap(GT_BOXES, np.array([1, 1]), _masks_from_boxes(GT_BOXES),
                             miss, np.array([1]), np.array([0.9]), _masks_from_boxes(miss))[0] == 0
     assert _cocoeval_ap50(GT_BOXES, miss, [0.9]) == 0
-
-
-def test_every_utils_name_of_the_contract_exists():
-    names = """Dataset extract_bboxes compute_iou compute_overlaps compute_overlaps_masks
-    non_max_suppression apply_box_deltas box_refinement resize_image resize_mask minimize_mask
-    expand_mask unmold_mask generate_anchors generate_pyramid_anchors trim_zeros compute_matches
-    compute_ap compute_ap_range compute_recall norm_boxes denorm_boxes batch_slice
-    download_trained_weights resize""".split()
-    assert [n for n in names if not callable(getattr(utils, n, None))] == []
-    ds = utils.Dataset()
-    ds.prepare()
-    for attr in ("add_class add_image image_reference prepare map_source_class_id get_source_class_id "
-                 "image_ids class_names num_classes class_info image_info source_image_link "
-                 "load_image load_mask").split():
-        assert hasattr(ds, attr), attr
