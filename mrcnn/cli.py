@@ -461,8 +461,7 @@ def build_parser():
 
 
 def main(argv=None):
-    """Run the command line; returns the exit status."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    """Run the command line; returns the exit status (mrcnn/__init__ quiets TensorFlow's C++ log)."""
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
