@@ -358,10 +358,8 @@ class DetectionLayer(GraphLayer):
             detection_max_instances, config, "DETECTION_MAX_INSTANCES"))
         self.detection_nms_threshold = float(setting(
             detection_nms_threshold, config, "DETECTION_NMS_THRESHOLD"))
-        if detection_class_mode is None and config is None:
-            # matterport's, as layers built from values alone (and saved before the setting) had.
-            detection_class_mode = "argmax"
-        mode = setting(detection_class_mode, config, "DETECTION_CLASS_MODE")
+        # Built from values alone (or saved before the setting): matterport's "argmax".
+        mode = setting(detection_class_mode, config, "DETECTION_CLASS_MODE", "argmax")
         if not isinstance(mode, str) or mode not in DETECTION_CLASS_MODES:
             raise ValueError(f"detection_class_mode is {mode!r}; use 'argmax' (matterport's: each "
                              "RoI's top class) or 'per_class' (a candidate per RoI and class).")
