@@ -99,6 +99,9 @@ def test_configs_validate_and_the_lite_backbone_matches_its_shapes():
 
     config = shapes.FastShapesConfig()
     assert config.TRAIN_BN and config.NAME == "shapes_fast"
+    assert (config.ROI_ALIGN_ALIGNED, config.ROI_ALIGN_SAMPLING_RATIO) == (True, 2)
+    args = shapes.parse_args(["evaluate", "--roi-align", "matterport"])
+    assert shapes.config_class_from(args)().ROI_ALIGN_ALIGNED is False
     assert shapes.ShapesConfig().BATCH_SIZE == 8
     assert shapes.inference_config(shapes.FastShapesConfig, 5).BATCH_SIZE == 5
     features = shapes.lite_backbone(keras.Input((128, 128, 3)), stage5=True, train_bn=True)

@@ -221,9 +221,9 @@ class FastShapesConfig(ShapesConfig):
 
     The small `lite_backbone` with trained BatchNorm (nothing is
     pretrained), a 64-channel pyramid, small heads (7x7 mask pooling, 14x14
-    masks), fewer proposals, and Adam (OPTIMIZER = "adam"): from
-    random weights it learns several times faster than SGD. The schedule in
-    `train_main` warms the learning rate up and decays it.
+    masks), fewer proposals, Adam (OPTIMIZER = "adam"; from random weights
+    it learns several times faster than SGD) and the aligned RoIAlign grid.
+    The schedule in `train_main` warms the learning rate up and decays it.
     """
     NAME = "shapes_fast"
     BACKBONE = staticmethod(lite_backbone)
@@ -245,6 +245,10 @@ class FastShapesConfig(ShapesConfig):
     DETECTION_MAX_INSTANCES = 16
     OPTIMIZER = "adam"
     LEARNING_RATE = 0.001
+    # The aligned grid with 2x2 samples: over two seeds of 400 steps, COCO segm AP
+    # 0.677 against 0.613 for matterport's grid (bbox AP equal), at the same speed.
+    ROI_ALIGN_ALIGNED = True
+    ROI_ALIGN_SAMPLING_RATIO = 2
     STEPS_PER_EPOCH = 25
     VALIDATION_STEPS = 0
 
