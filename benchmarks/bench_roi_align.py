@@ -68,8 +68,8 @@ def main():
         def pool_step(boxes, meta, maps):   # arguments, not constants Grappler could fold
             with tf.GradientTape() as tape:
                 tape.watch(maps)
-                out = layer([boxes, meta] + maps)
-            return tape.gradient(tf.reduce_sum(out), maps)
+                total = tf.reduce_sum(layer([boxes, meta] + maps))
+            return tape.gradient(total, maps, unconnected_gradients="zero")
 
         def run():
             return [g.numpy() for g in pool_step(tf.constant(boxes), tf.constant(meta), maps)]
