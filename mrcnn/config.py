@@ -168,6 +168,8 @@ class Config:
     # Python's random, numpy and TensorFlow before the model is built, and
     # every training batch (order, crops, augmentation, RoI sampling) is drawn
     # from (SEED, epoch, batch index), whatever the number of data workers.
+    # Without a GPU it also turns on TensorFlow's op determinism for the
+    # process (tf.config.experimental.enable_op_determinism).
     SEED = None
 
     def __init__(self):

@@ -143,6 +143,10 @@ class MaskRCNN:
         self.set_log_dir()
         if config.SEED is not None:
             keras.utils.set_random_seed(config.SEED)  # Python, numpy and TF: the initial weights
+            if not tf.config.list_physical_devices("GPU"):
+                # Process-wide: without it two processes' CPU runs part after a few steps.
+                # Not on GPUs, where crop_and_resize's gradient has no deterministic kernel.
+                tf.config.experimental.enable_op_determinism()
         self._strategy = tf.distribute.get_strategy()
         with self._strategy.scope():
             self.keras_model = (build_training_model(config) if mode == "training"

@@ -126,3 +126,13 @@ def local_server(directory=None, handler=None):
     finally:
         httpd.shutdown()
         httpd.server_close()
+
+
+@pytest.fixture(autouse=True)
+def op_determinism_off_after_each_test():
+    """A model with Config.SEED turns TensorFlow's op determinism on for the process;
+    each test starts without it."""
+    yield
+    from tensorflow.python.framework import config as tf_config
+    if tf_config.is_op_determinism_enabled():
+        tf_config.disable_op_determinism()

@@ -314,7 +314,9 @@ def test_same_seed_gives_identical_losses_and_weights(tmp_path):
     sampling, initial weights) and two data workers: three steps repeat exactly.
     The runs train in "crop" mode (matterport's nucleus recipe: random
     IMAGE_MIN_DIM crops of larger images)."""
+    from tensorflow.python.framework import config as tf_config
     losses_a, weights_a = _seeded_run(5, tmp_path / "a")
+    assert tf_config.is_op_determinism_enabled()     # across processes too (measured: needed)
     assert np.all(np.isfinite(losses_a["loss"])) and losses_a["rpn_bbox_loss"][0] > 0
     losses_b, weights_b = _seeded_run(5, tmp_path / "b")
     losses_c, weights_c = _seeded_run(6, tmp_path / "c")

@@ -107,8 +107,8 @@ def test_short_training_detects_blobs_on_held_out_images(tmp_path):
     Asserts mAP@0.5 (matterport's utils.compute_ap, mask IoU) >= 0.7 and
     COCO bbox AP (IoU .5:.95) >= 0.55, and that the same model untrained
     scores mAP@0.5 < 0.1. Measured with this test (mAP@0.5 / bbox AP):
-    SEED 0: 1.000 / 0.638 and, run again, 1.000 / 0.664 (CPU threads make
-    runs not bit-repeatable), SEED 1: 1.000 / 0.705, SEED 2: 1.000 / 0.744;
+    SEED 0: 1.000 / 0.638 and 0.664 in two runs before SEED turned on op
+    determinism, 1.000 / 0.650 with it; SEED 1: 1.000 / 0.705, SEED 2: 1.000 / 0.744;
     untrained 0.000 / 0.000. Broken box arithmetic, SEED 0, losses falling
     as much as unbroken: dy, dx negated in apply_box_deltas_graph
     (proposals and detections move the wrong way) 0.391 / 0.029; negated in
