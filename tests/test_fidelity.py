@@ -80,6 +80,21 @@ def test_train_bn_none_trains_batchnorm_and_false_freezes_it(train_bn, changes, 
         assert moved == []
 
 
+@pytest.mark.parametrize("train_bn", [True, None])
+def test_train_bn_true_inference_does_not_depend_on_the_batch(train_bn, tmp_path):
+    """matterport's TRAIN_BN = True forced batch statistics at inference, so an
+    image's detections changed with the images beside it; here BN follows the phase."""
+    model = modellib.MaskRCNN("inference", make_config(TRAIN_BN=train_bn, IMAGES_PER_GPU=1),
+                              str(tmp_path))
+    ds = shapes(2)
+    images = [ds.load_image(0), ds.load_image(1)]
+    molded, metas, _ = model.mold_inputs(images)
+    alone = model._predict([tf.constant(x) for x in model._inference_inputs(molded[:1], metas[:1])])
+    paired = model._predict([tf.constant(x) for x in model._inference_inputs(molded, metas)])
+    for a, b in zip(alone, paired):
+        np.testing.assert_allclose(a.numpy()[0], b.numpy()[0], rtol=1e-4, atol=1e-5)
+
+
 @pytest.mark.parametrize("value", ["False", 0, 1, "none"])
 def test_train_bn_must_be_none_or_a_bool(value):
     with pytest.raises(ValueError, match="TRAIN_BN"):
