@@ -11,7 +11,7 @@ import tensorflow as tf
 from mrcnn.backbone import compute_backbone_shapes, resnet_graph
 from mrcnn.config import LOSS_NAMES
 from mrcnn.graph_utils import GraphLayer, norm_boxes_graph
-from mrcnn.roi_heads import (DetectionBoxes, DetectionLayer, DetectionTargetLayer,
+from mrcnn.roi_heads import (DetectionBoxes, DetectionLayer, DetectionTargetLayer, LeadingRows,
                              MrcnnBboxLoss, MrcnnClassLoss, MrcnnMaskLoss,
                              build_fpn_mask_graph, fpn_classifier_graph)
 from mrcnn.rpn import AnchorsLayer, ProposalLayer, RpnBboxLoss, RpnClassLoss, build_rpn_model
@@ -79,7 +79,9 @@ def build_training_model(config):
     if USE_MINI_MASK), and input_roi (pixels) when USE_RPN_ROIS is False.
     Outputs: rpn_class_logits, rpn_class, rpn_bbox, mrcnn_class_logits,
     mrcnn_class, mrcnn_bbox, mrcnn_mask, rpn_rois (ROI), output_rois, then
-    the five losses (LOSS_NAMES order), each [1].
+    the five losses (LOSS_NAMES order), each [1]. mrcnn_mask covers only the
+    first int(TRAIN_ROIS_PER_IMAGE * ROI_POSITIVE_RATIO) RoIs of each image,
+    where all positives are (the mask head's cost is spent on nothing else).
     """
     config.validate()
     input_image, input_image_meta = _image_inputs(config)
@@ -118,7 +120,10 @@ def build_training_model(config):
         rois, mrcnn_feature_maps, input_image_meta, config.POOL_SIZE, config.NUM_CLASSES,
         train_bn=config.TRAIN_BN, fc_layers_size=config.FPN_CLASSIF_FC_LAYERS_SIZE,
         aligned=config.ROI_ALIGN_ALIGNED, sampling_ratio=config.ROI_ALIGN_SAMPLING_RATIO)
-    mrcnn_mask = build_fpn_mask_graph(rois, mrcnn_feature_maps, input_image_meta,
+    positive_rows = int(config.TRAIN_ROIS_PER_IMAGE * config.ROI_POSITIVE_RATIO)  # validated >= 1
+    mask_rois, mask_class_ids, target_mask = LeadingRows(positive_rows, name="positive_rows")(
+        [rois, target_class_ids, target_mask])
+    mrcnn_mask = build_fpn_mask_graph(mask_rois, mrcnn_feature_maps, input_image_meta,
                                       config.MASK_POOL_SIZE, config.NUM_CLASSES,
                                       train_bn=config.TRAIN_BN, aligned=config.ROI_ALIGN_ALIGNED,
                                       sampling_ratio=config.ROI_ALIGN_SAMPLING_RATIO)
@@ -130,7 +135,7 @@ def build_training_model(config):
         MrcnnClassLoss(name="mrcnn_class_loss")(
             [target_class_ids, mrcnn_class_logits, input_image_meta]),
         MrcnnBboxLoss(name="mrcnn_bbox_loss")([target_bbox, target_class_ids, mrcnn_bbox]),
-        MrcnnMaskLoss(name="mrcnn_mask_loss")([target_mask, target_class_ids, mrcnn_mask]),
+        MrcnnMaskLoss(name="mrcnn_mask_loss")([target_mask, mask_class_ids, mrcnn_mask]),
     ]
     outputs = [rpn_class_logits, rpn_class, rpn_bbox, mrcnn_class_logits, mrcnn_class,
                mrcnn_bbox, mrcnn_mask, rpn_rois, output_rois] + losses
@@ -144,8 +149,9 @@ def build_inference_model(config):
     Inputs: input_image, input_image_meta, input_anchors (normalised,
     [batch, anchors, 4]). Outputs: detections [batch,
     DETECTION_MAX_INSTANCES, (y1, x1, y2, x2, class_id, score)] (normalised),
-    mrcnn_class, mrcnn_bbox, mrcnn_mask (for the detections), rpn_rois,
-    rpn_class, rpn_bbox.
+    mrcnn_class, mrcnn_bbox, mrcnn_mask (for the detections: the mask head
+    runs on the first n rows, n the most detections of any image in the
+    batch; the rows after them are 0), rpn_rois, rpn_class, rpn_bbox.
     """
     config.validate()
     input_image, input_image_meta = _image_inputs(config)
@@ -166,7 +172,8 @@ def build_inference_model(config):
     mrcnn_mask = build_fpn_mask_graph(detection_boxes, mrcnn_feature_maps, input_image_meta,
                                       config.MASK_POOL_SIZE, config.NUM_CLASSES,
                                       train_bn=config.TRAIN_BN, aligned=config.ROI_ALIGN_ALIGNED,
-                                      sampling_ratio=config.ROI_ALIGN_SAMPLING_RATIO)
+                                      sampling_ratio=config.ROI_ALIGN_SAMPLING_RATIO,
+                                      pad_to=config.DETECTION_MAX_INSTANCES)
     return keras.Model([input_image, input_image_meta, input_anchors],
                        [detections, mrcnn_class, mrcnn_bbox, mrcnn_mask, rpn_rois, rpn_class,
                         rpn_bbox], name="mask_rcnn")

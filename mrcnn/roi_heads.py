@@ -93,8 +93,14 @@ class RoIDistributed(keras.layers.Wrapper):
     weights, BatchNorm statistics over all RoIs of the batch as in Keras 2);
     Keras 3's TimeDistributed loops over a static RoI axis in Python and
     mis-handles a dynamic one. Wired with `training=False`, a wrapped
-    BatchNorm is frozen (see `BatchNorm`).
+    BatchNorm is frozen (see `BatchNorm`). With `pad_to`, the RoI axis of
+    the output is zero padded to that many rows (the mask head in inference
+    runs on the detections only, yet returns a row per detection slot).
     """
+
+    def __init__(self, layer, pad_to=None, **kwargs):
+        super().__init__(layer, **kwargs)
+        self.pad_to = None if pad_to is None else int(pad_to)
 
     def build(self, input_shape):
         if not self.layer.built:  # deserialisation builds it beforehand
@@ -110,16 +116,24 @@ class RoIDistributed(keras.layers.Wrapper):
     def call(self, inputs, training=None):
         shape = _static_or_dynamic_shape(inputs)
         outputs = self.layer(tf.reshape(inputs, [-1] + shape[2:]), training=training)
-        return tf.reshape(outputs, shape[:2] + _static_or_dynamic_shape(outputs)[1:])
+        outputs = tf.reshape(outputs, shape[:2] + _static_or_dynamic_shape(outputs)[1:])
+        if self.pad_to is None:
+            return outputs
+        rows = [(0, 0), (0, self.pad_to - tf.shape(outputs)[1])]
+        return tf.pad(outputs, rows + [(0, 0)] * (outputs.shape.rank - 2))
 
     def compute_output_shape(self, input_shape):
         inner = self.layer.compute_output_shape((None,) + tuple(input_shape[2:]))
-        return tuple(input_shape[:2]) + tuple(inner[1:])
+        rois = input_shape[1] if self.pad_to is None else self.pad_to
+        return (input_shape[0], rois) + tuple(inner[1:])
+
+    def get_config(self):
+        return {**super().get_config(), "pad_to": self.pad_to}
 
 
-def _per_roi(layer):
+def _per_roi(layer, pad_to=None):
     """`layer` wrapped in RoIDistributed under the same name."""
-    return RoIDistributed(layer, name=layer.name)
+    return RoIDistributed(layer, pad_to=pad_to, name=layer.name)
 
 
 ############################################################
@@ -159,12 +173,22 @@ def fpn_classifier_graph(rois, feature_maps, image_meta, pool_size, num_classes,
 
 
 def build_fpn_mask_graph(rois, feature_maps, image_meta, pool_size, num_classes, train_bn=True,
-                         aligned=False, sampling_ratio=1):
+                         aligned=False, sampling_ratio=1, pad_to=None):
     """Mask head on the RoIs: four 3x3 conv + BN + ReLU, a 2x2 stride-2
     deconvolution and a 1x1 sigmoid conv per class.
 
-    Returns masks [batch, num_rois, 2*pool_size, 2*pool_size, num_classes].
-    `aligned`, `sampling_ratio`: see PyramidROIAlign.
+    Returns masks [batch, num_rois, 2*pool_size, 2*pool_size, num_classes],
+    zero padded to `pad_to` RoIs if given. `aligned`, `sampling_ratio`: see
+    PyramidROIAlign.
+
+    The graphs give it only the RoIs whose masks are used: in training the
+    first int(TRAIN_ROIS_PER_IMAGE * ROI_POSITIVE_RATIO) of each image, where
+    DetectionTargetLayer puts all positives (`LeadingRows`); in inference the
+    detection rows (`DetectionBoxes`). With frozen BatchNorm (TRAIN_BN False)
+    losses and gradients are those of running it on every RoI; with trained
+    BatchNorm its batch statistics come from those rows only (the positives,
+    and in images with fewer positives the negatives and padding after them),
+    no longer from all TRAIN_ROIS_PER_IMAGE rows as in matterport.
     """
     training = bn_training(train_bn)
     x = PyramidROIAlign([pool_size, pool_size], aligned, sampling_ratio, name="roi_align_mask")(
@@ -177,7 +201,7 @@ def build_fpn_mask_graph(rois, feature_maps, image_meta, pool_size, num_classes,
     x = _per_roi(keras.layers.Conv2DTranspose(256, (2, 2), strides=2, activation="relu",
                                               name="mrcnn_mask_deconv"))(x)
     return _per_roi(keras.layers.Conv2D(num_classes, (1, 1), strides=1, activation="sigmoid",
-                                        name="mrcnn_mask"))(x)
+                                        name="mrcnn_mask"), pad_to)(x)
 
 
 ############################################################
@@ -444,13 +468,38 @@ class DetectionLayer(GraphLayer):
 
 @keras.saving.register_keras_serializable(package="mrcnn")
 class DetectionBoxes(GraphLayer):
-    """The (y1, x1, y2, x2) columns of the detections, for the mask head."""
+    """The boxes (y1, x1, y2, x2) of the detections, for the mask head: the
+    first n rows, n being the most detections of any image in the batch (at
+    least 1). Detections come first and padding needs no mask."""
 
     def call(self, detections):
-        return detections[..., :4]
+        count = tf.reduce_sum(tf.cast(detections[..., 4] > 0, tf.int32), axis=1)
+        return detections[:, :tf.maximum(tf.reduce_max(count), 1), :4]
 
     def compute_output_shape(self, input_shape):
-        return tuple(input_shape[:-1]) + (4,)
+        return (input_shape[0], None, 4)
+
+
+@keras.saving.register_keras_serializable(package="mrcnn")
+class LeadingRows(GraphLayer):
+    """The first `count` rows (axis 1) of each input. The mask head and its
+    loss take the first int(TRAIN_ROIS_PER_IMAGE * ROI_POSITIVE_RATIO) rows
+    of DetectionTargetLayer's outputs: all the positives, the only RoIs the
+    mask loss uses."""
+
+    def __init__(self, count, **kwargs):
+        super().__init__(**kwargs)
+        self.count = int(count)
+
+    def call(self, inputs):
+        return [x[:, :self.count] for x in inputs]
+
+    def compute_output_spec(self, inputs):
+        return [keras.KerasTensor((x.shape[0], self.count) + tuple(x.shape[2:]), x.dtype)
+                for x in inputs]
+
+    def get_config(self):
+        return {**super().get_config(), "count": self.count}
 
 
 ############################################################

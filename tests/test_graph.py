@@ -653,7 +653,7 @@ def test_models_output_shapes_and_dtypes(config, training_model, inference_model
     train_inputs = training_batch(config, batch, rng)
     out = check_layer_outputs(training_model, train_inputs, batch)
     assert out["rpn_class_logits"].shape == (batch, 4092, 2)
-    assert out["mrcnn_mask"].shape == (batch, 32, 28, 28, 4)
+    assert out["mrcnn_mask"].shape == (batch, int(32 * config.ROI_POSITIVE_RATIO), 28, 28, 4)
     assert out["ROI"].shape == (batch, 100, 4)
     for name in LOSS_NAMES:
         assert out[name].shape == (1,) and np.isfinite(out[name].numpy()).all()
