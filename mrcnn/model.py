@@ -265,12 +265,14 @@ class MaskRCNN:
                                      jit_compile=False)
 
     def train(self, train_dataset, val_dataset, learning_rate, epochs, layers,
-              augmentation=None, custom_callbacks=None, no_augmentation_sources=None, workers=2):
+              augmentation=None, custom_callbacks=None, no_augmentation_sources=None, workers=2,
+              verbose="auto"):
         """Train the layers selected by `layers` up to epoch `epochs` (a total, not a count).
 
         layers: "heads", "3+", "4+", "5+", "all", or a regex over layer names.
         augmentation: an imgaug augmenter or a callable (image, masks) -> (image, masks).
         Batches are prepared by `workers` threads while the previous step runs.
+        verbose: Keras' progress display (0 for none, e.g. when a callback reports).
         Writes TensorBoard logs and one checkpoint per epoch to `self.log_dir`.
         With USE_RPN_ROIS False the heads train on POST_NMS_ROIS_TRAINING random
         RoIs around the GT boxes (`generate_random_rois`) instead of proposals.
@@ -313,7 +315,8 @@ class MaskRCNN:
                 train_seq, initial_epoch=self.epoch, epochs=epochs,
                 steps_per_epoch=self.config.STEPS_PER_EPOCH, callbacks=callbacks,
                 validation_data=val_seq,
-                validation_steps=self.config.VALIDATION_STEPS if val_seq else None)
+                validation_steps=self.config.VALIDATION_STEPS if val_seq else None,
+                verbose=verbose)
         finally:
             tf.get_logger().removeFilter(retrace_filter)
         self.epoch = max(self.epoch, epochs)

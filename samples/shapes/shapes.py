@@ -317,7 +317,8 @@ class TimeBudget(keras.callbacks.Callback):
     linearly over the first `warmup_steps` steps and follows a cosine from
     `base_lr` down to `final_fraction * base_lr` at progress 1, where
     training stops (the checkpoint of that partial epoch is still written).
-    Adds "lr" and "elapsed_s" (since `start`) to each epoch's logs.
+    Adds "lr" and "elapsed_s" (since `start`) to each epoch's logs and
+    prints one line per epoch: time used of the budget, steps, loss, rate.
     """
 
     def __init__(self, base_lr, start, deadline, max_steps=None, warmup_steps=50, final_fraction=0.02):
@@ -348,9 +349,19 @@ class TimeBudget(keras.callbacks.Callback):
             self.model.stop_training = True
 
     def on_epoch_end(self, epoch, logs=None):
-        if logs is not None:
-            logs["lr"] = self.lr
-            logs["elapsed_s"] = round(time.time() - self.start, 1)
+        elapsed = time.time() - self.start
+        logs = logs if logs is not None else {}
+        logs["lr"] = self.lr
+        logs["elapsed_s"] = round(elapsed, 1)
+        steps = f"step {self.steps}" + (f"/{self.max_steps}" if self.max_steps else "")
+        print(f"{_minutes(elapsed)} of {_minutes(self.deadline - self.start)} "
+              f"({100 * self.progress():3.0f}%)  epoch {epoch + 1}, {steps}  "
+              f"loss {logs.get('loss', float('nan')):.3f}  lr {self.lr:.2e}  "
+              f"{elapsed / max(self.steps, 1):.2f} s/step", flush=True)
+
+
+def _minutes(seconds):
+    return f"{int(seconds // 60)}:{int(seconds % 60):02d}"
 
 
 def plot_losses(csv_path, png_path, steps_per_epoch=None):
@@ -442,7 +453,7 @@ def train_main(args):
     os.makedirs(model.log_dir, exist_ok=True)
     csv_path = os.path.join(model.log_dir, "losses.csv")
     history = model.train(train_set, val_set, learning_rate=lr, epochs=model.epoch + 10 ** 6,
-                          layers="all", workers=args.workers,
+                          layers="all", workers=args.workers, verbose=0,
                           custom_callbacks=[budget, keras.callbacks.CSVLogger(csv_path, append=True)])
     steps = budget.steps
     print(f"Trained {steps} steps in {time.time() - start:.0f} s "
