@@ -118,3 +118,30 @@ def test_pad64_mode_300x200(detector, fake_network, monkeypatch):
 
     molded, metas, _ = detector.mold_inputs([image])
     check(detector.detect_molded(molded, metas)[0], [(40, 68, 160, 149)], [2], (320, 256))
+
+
+def test_unmold_detections_pastes_each_mask_as_unmold_mask_does(detector):
+    """Random soft masks on random boxes inside the window, one on its bottom-right corner:
+    every pasted mask is matterport's utils.unmold_mask of the same mask and box."""
+    from mrcnn import utils
+    rng = np.random.default_rng(4)
+    config, n = detector.config, 9
+    window = (19, 0, 109, 128)                             # normalised: y 19/127 .. 108/127
+    low, high = np.array([19, 0]) / 127, np.array([108, 127]) / 127
+    y1, x1 = (rng.uniform(low[i], low[i] + 0.7 * (high[i] - low[i]), n) for i in (0, 1))
+    boxes = np.stack([y1, x1, np.minimum(y1 + rng.uniform(0.05, 0.5, n), high[0]),
+                      np.minimum(x1 + rng.uniform(0.05, 0.5, n), high[1])], 1)
+    boxes[0, 2:] = high
+    detections = np.zeros((config.DETECTION_MAX_INSTANCES, 6), np.float32)
+    detections[:n] = np.concatenate([boxes, rng.integers(1, 4, (n, 1)),
+                                     np.linspace(0.9, 0.5, n)[:, None]], 1)
+    masks = rng.uniform(size=(config.DETECTION_MAX_INSTANCES, *config.MASK_SHAPE,
+                              config.NUM_CLASSES)).astype(np.float32)
+    image_shape, original = (128, 128, 3), (90, 128, 3)
+    rois, class_ids, _, full = detector.unmold_detections(detections, masks, original,
+                                                          image_shape, window)
+    assert full.shape == (90, 128, len(rois)) and full.dtype == bool and len(rois) == n
+    assert full.any(axis=(0, 1)).all()
+    for i, (box, class_id) in enumerate(zip(rois, class_ids)):
+        np.testing.assert_array_equal(full[..., i],
+                                      utils.unmold_mask(masks[i, :, :, class_id], box, original))
