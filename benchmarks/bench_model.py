@@ -1,16 +1,23 @@
 """Latency and peak memory of detect() and of one training step; prints JSON lines.
 
     python benchmarks/bench_model.py                 # every case, each in its own process
-    python benchmarks/bench_model.py --case detect_r50_1024
+    python benchmarks/bench_model.py --case detect_r50_1024 [--repeat 5] [--threads N]
 
 Cases (random weights; the work is fixed by DETECTION_MIN_CONFIDENCE 0):
-  detect_{r50,r101}_{1024,128}: first call (trace + run) and steady state (median of --repeat)
-  train_r50_8x128, train_r50_2x1024: one SGD step on the shapes-like data, and the time
-  data preparation takes per batch, side by side.
-Each case runs in a fresh process so its peak RSS (ru_maxrss) is its own.
+  detect_r50_128, detect_r50_1024, detect_r101_1024: one image per detect() call;
+  detect_r50_8x128: 8 images in one call (BATCH_SIZE 8). First call (trace + run) and
+  steady state (median of --repeat).
+  train_r50_8x128, train_r50_2x1024: one SGD step on the shapes sample's images
+  (samples/shapes), and the time data preparation takes per batch, side by side.
+Each case runs in a fresh process so its peak RSS (ru_maxrss) is its own. TensorFlow runs
+with --threads intra-op and inter-op threads (default: the CPU count).
+benchmarks/peer_torchvision.py runs the same cases on torchvision, and both side by side.
+Module level imports the standard library only: peer_torchvision.py imports this file's
+helpers in its own venv, which has no TensorFlow.
 """
 
 import argparse
+import datetime
 import json
 import os
 import platform
@@ -20,7 +27,16 @@ import subprocess
 import sys
 import time
 
-CASES = ["detect_r50_128", "detect_r50_1024", "detect_r101_1024", "train_r50_8x128", "train_r50_2x1024"]
+CASES = ["detect_r50_128", "detect_r50_8x128", "detect_r50_1024", "detect_r101_1024",
+         "train_r50_8x128", "train_r50_2x1024"]
+BACKBONES = {"r50": "resnet50", "r101": "resnet101"}
+
+
+def parse_case(case):
+    """"detect_r50_8x128" -> ("detect", "resnet50", 8, 128); a bare size means one image."""
+    kind, backbone, shape = case.split("_")
+    batch, size = shape.split("x") if "x" in shape else (1, shape)
+    return kind, BACKBONES[backbone], int(batch), int(size)
 
 
 def make_config(backbone, size, batch, mode):
@@ -45,38 +61,52 @@ def peak_rss_mb():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def run_detect(backbone, size, repeat):
+def cpu_model():
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor()
+
+
+def environment(threads):
+    """The fields both sides record about the machine and the run."""
+    return {"threads": threads, "cpu_model": cpu_model(), "cpu_count": os.cpu_count(),
+            "machine": platform.machine(), "GLIBC_TUNABLES": os.environ.get("GLIBC_TUNABLES", ""),
+            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+
+
+def run_detect(backbone, size, batch, repeat):
     import numpy as np
     from mrcnn import model as modellib
 
-    config = make_config(backbone, size, 1, "inference")
+    config = make_config(backbone, size, batch, "inference")
     t0 = time.perf_counter()
     model = modellib.MaskRCNN("inference", config, "/tmp/mrcnn-bench")
     build_s = time.perf_counter() - t0
-    image = np.random.default_rng(0).integers(0, 255, (size, size, 3), dtype=np.uint8)
+    images = list(np.random.default_rng(0).integers(0, 255, (batch, size, size, 3), dtype=np.uint8))
     t0 = time.perf_counter()
-    model.detect([image])
+    model.detect(images)
     first_s = time.perf_counter() - t0
     times = []
     for _ in range(repeat):
         t0 = time.perf_counter()
-        model.detect([image])
+        model.detect(images)
         times.append(time.perf_counter() - t0)
     return {"build_s": round(build_s, 3), "first_call_s": round(first_s, 3),
             "steady_min_s": round(min(times), 3), "steady_median_s": round(statistics.median(times), 3),
-            "proposals": config.POST_NMS_ROIS_INFERENCE, "detections": config.DETECTION_MAX_INSTANCES}
+            "images": batch, "proposals": config.POST_NMS_ROIS_INFERENCE,
+            "detections": config.DETECTION_MAX_INSTANCES}
 
 
 def run_train(size, batch, repeat):
     import numpy as np
     from mrcnn import model as modellib
     from mrcnn.data import MaskRCNNSequence
-    from tests.conftest import TinyShapes
+    from samples.shapes.shapes import make_dataset
 
     config = make_config("resnet50", size, batch, "training")
-    ds = TinyShapes()
-    ds.load_shapes(batch * (repeat + 2), seed=0, size=size)
-    ds.prepare()
+    ds = make_dataset(batch * (repeat + 1), config, seed=0)
     model = modellib.MaskRCNN("training", config, "/tmp/mrcnn-bench")
     model.set_trainable(".*", verbose=0)
     model.compile(config.LEARNING_RATE, config.LEARNING_MOMENTUM)
@@ -107,32 +137,33 @@ def _fit_args(batch):
     return (batch[0],) if isinstance(batch, tuple) and len(batch) == 1 else (batch,)
 
 
-def run_case(case, repeat):
-    kind, backbone, shape = case.split("_")
-    if kind == "detect":
-        result = run_detect({"r50": "resnet50", "r101": "resnet101"}[backbone], int(shape), repeat)
-    else:
-        batch, size = (int(v) for v in shape.split("x"))
-        result = run_train(size, batch, repeat)
+def run_case(case, repeat, threads):
     import tensorflow as tf
-    return {"case": case, **result, "peak_rss_mb": round(peak_rss_mb()),
-            "tf": tf.__version__, "cpu_count": os.cpu_count(), "machine": platform.machine(),
-            "gpus": len(tf.config.list_physical_devices("GPU")),
-            "GLIBC_TUNABLES": os.environ.get("GLIBC_TUNABLES", "")}
+    tf.config.threading.set_intra_op_parallelism_threads(threads)
+    tf.config.threading.set_inter_op_parallelism_threads(threads)
+    kind, backbone, batch, size = parse_case(case)
+    if kind == "detect":
+        result = run_detect(backbone, size, batch, repeat)
+    else:
+        result = run_train(size, batch, repeat)
+    return {"case": case, **result, "peak_rss_mb": round(peak_rss_mb()), "tf": tf.__version__,
+            "gpus": len(tf.config.list_physical_devices("GPU")), **environment(threads)}
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--case", choices=CASES)
     parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=os.cpu_count(),
+                        help="TensorFlow intra-op and inter-op threads (default: the CPU count)")
     args = parser.parse_args()
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     if args.case:
-        print(json.dumps(run_case(args.case, args.repeat)), flush=True)
+        print(json.dumps(run_case(args.case, args.repeat, args.threads)), flush=True)
         return
     for case in CASES:
-        proc = subprocess.run([sys.executable, __file__, "--case", case, "--repeat", str(args.repeat)],
-                              capture_output=True, text=True)
+        proc = subprocess.run([sys.executable, __file__, "--case", case, "--repeat", str(args.repeat),
+                               "--threads", str(args.threads)], capture_output=True, text=True)
         lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
         print(lines[-1] if lines else json.dumps({"case": case, "error": proc.stderr.strip()[-800:]}),
               flush=True)
