@@ -179,6 +179,16 @@ def build_inference_model(config):
                         rpn_bbox], name="mask_rcnn")
 
 
+def _is_decayed(weight):
+    """matterport's L2 decay covers kernels and biases, not BatchNorm's gamma and beta."""
+    return weight.name not in ("gamma", "beta")
+
+
+def _add(gradient, decay):
+    """A weight's loss gradient (None if the losses do not depend on it) plus its decay's."""
+    return decay if gradient is None else gradient + decay
+
+
 @keras.saving.register_keras_serializable(package="mrcnn")
 class TrainingModel(keras.Model):
     """Functional model whose outputs include the five loss layers.
@@ -210,15 +220,15 @@ class TrainingModel(keras.Model):
         return list(self.loss_trackers)
 
     def _loss_values(self, x, training):
-        """Total loss and the weighted losses by name, for one (replica) batch."""
+        """The total loss and the weighted losses by name, for one (replica) batch."""
         outputs = dict(zip(self.output_names, self(x, training=training)))
         losses = {name: tf.reduce_mean(outputs[name]) * self.loss_weights[name]
                   for name in LOSS_NAMES}
-        decayed = [tf.reduce_sum(tf.square(w)) / tf.cast(tf.size(w), w.dtype)
-                   for w in self.trainable_weights if w.name not in ("gamma", "beta")]
         total = tf.add_n(list(losses.values()))
+        decayed = [tf.reduce_sum(tf.square(w)) / tf.cast(tf.size(w), w.dtype)
+                   for w in self.trainable_weights if _is_decayed(w)]
         if decayed and self.weight_decay:
-            total += self.weight_decay * tf.add_n(decayed)
+            total += self.weight_decay * tf.stop_gradient(tf.add_n(decayed))
         return total, losses
 
     def _report_losses(self, total, losses):
@@ -230,11 +240,18 @@ class TrainingModel(keras.Model):
     def train_step(self, data):
         x, _, _ = keras.utils.unpack_x_y_sample_weight(data)
         weights = self.trainable_weights
+        replicas = tf.distribute.get_strategy().num_replicas_in_sync
         with tf.GradientTape() as tape:
             total, losses = self._loss_values(x, training=True)
-            replicas = tf.distribute.get_strategy().num_replicas_in_sync
             scaled = self.optimizer.scale_loss(total / replicas)
-        self.optimizer.apply_gradients(zip(tape.gradient(scaled, weights), weights))
+        gradients = tape.gradient(scaled, weights)
+        if self.weight_decay:
+            # The L2 term's gradient 2 * WEIGHT_DECAY * w / size(w), added here: through the
+            # tape it cost a backward pass over every weight each step.
+            factor = self.optimizer.scale_loss(2.0 * self.weight_decay / replicas)
+            gradients = [_add(g, factor * w / tf.cast(tf.size(w), w.dtype)) if _is_decayed(w)
+                         else g for g, w in zip(gradients, weights)]
+        self.optimizer.apply_gradients(zip(gradients, weights))
         return self._report_losses(total, losses)
 
     def test_step(self, data):

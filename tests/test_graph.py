@@ -833,3 +833,36 @@ def test_mirrored_strategy_step_equals_single_device_step():
                             capture_output=True, text=True, timeout=600,
                             env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
     assert result.returncode == 0 and "OK" in result.stdout, result.stderr[-3000:]
+
+
+def test_a_training_step_follows_the_gradient_of_losses_plus_decay():
+    """train_step adds the L2 term's gradient outside the tape; one plain SGD step must equal
+    the step along the gradient of the whole objective taken through a tape."""
+    class Decayed(TinyBackboneConfig):
+        WEIGHT_DECAY = 1000.0   # the decay's share of the step is large in most weights
+
+    config = Decayed()
+    model = graph.build_training_model(config)
+    lr = 0.01
+    model.compile(optimizer=keras.optimizers.SGD(lr))
+    data = training_batch(config, 2, np.random.default_rng(3), rois=True)
+    data[-1][:, 2:] = [0, 100, 20, 127]     # the sampled RoIs are the same in every pass
+    weights = model.trainable_weights
+    before = [w.numpy().copy() for w in weights]
+    with tf.GradientTape(persistent=True) as tape:
+        outputs = dict(zip(model.output_names, model(data, training=True)))
+        losses = tf.add_n([tf.reduce_mean(outputs[name]) for name in LOSS_NAMES])
+        decay = config.WEIGHT_DECAY * tf.add_n(
+            [tf.reduce_sum(tf.square(w)) / tf.cast(tf.size(w), w.dtype)
+             for w in weights if w.name not in ("gamma", "beta")])
+        objective = losses + decay
+    expected = [-lr * g.numpy() for g in tape.gradient(objective, weights)]
+    decay_steps = [-lr * g.numpy() if g is not None else 0 for g in tape.gradient(decay, weights)]
+    model.train_on_batch(data)
+    large = 0
+    for w, b, e, d in zip(weights, before, expected, decay_steps):
+        # float32 steps on weights near 1 (gamma) are quantised to the weights' spacing
+        atol = 1e-3 * np.abs(e).max() + 2 * np.spacing(np.abs(b)).max()
+        np.testing.assert_allclose(w.numpy() - b, e, rtol=1e-3, atol=atol, err_msg=w.path)
+        large += np.abs(d).max() > 0.1 * np.abs(e).max()
+    assert large >= 10     # kernels; biases start at 0, gamma and beta are not decayed
