@@ -208,21 +208,44 @@ def build_fpn_mask_graph(rois, feature_maps, image_meta, pool_size, num_classes,
 #  Detection targets (training)
 ############################################################
 
+def _batch_overlaps(boxes1, boxes2):
+    """IoU [batch, N1, N2] of boxes1 [batch, N1, 4] and boxes2 [batch, N2, 4]:
+    overlaps_graph's arithmetic, per image."""
+    b1 = tf.expand_dims(boxes1, 2)
+    b2 = tf.expand_dims(boxes2, 1)
+    y1 = tf.maximum(b1[..., 0], b2[..., 0])
+    x1 = tf.maximum(b1[..., 1], b2[..., 1])
+    y2 = tf.minimum(b1[..., 2], b2[..., 2])
+    x2 = tf.minimum(b1[..., 3], b2[..., 3])
+    intersection = tf.maximum(x2 - x1, 0) * tf.maximum(y2 - y1, 0)
+    area1 = (b1[..., 2] - b1[..., 0]) * (b1[..., 3] - b1[..., 1])
+    area2 = (b2[..., 2] - b2[..., 0]) * (b2[..., 3] - b2[..., 1])
+    return intersection / (area1 + area2 - intersection)
+
+
 @keras.saving.register_keras_serializable(package="mrcnn")
 class DetectionTargetLayer(GraphLayer):
     """Samples RoIs from the proposals and builds their training targets.
 
-    Per image (matterport's detection_targets_graph): zero padding is
-    dropped; GT with a negative class id are crowds: they are no target, and
-    proposals overlapping any crowd (IoU >= 0.001) are not used as negatives;
-    GT with class 0 are ignored. Positives have IoU >= 0.5 with a GT box, at
-    most int(TRAIN_ROIS_PER_IMAGE * ROI_POSITIVE_RATIO) picked at random;
-    negatives (IoU < 0.5) are added to keep that ratio (none if there is no
-    positive, as in matterport). Box targets are the refinements to the
-    best-overlapping GT box divided by BBOX_STD_DEV; mask targets are that
+    Per image (matterport's detection_targets_graph): all-zero rows (padding)
+    of the proposals and GT boxes are ignored; GT with a negative class id are
+    crowds: they are no target, and proposals overlapping any crowd
+    (IoU >= 0.001) are not used as negatives; GT with class 0 are ignored.
+    Positives have IoU >= 0.5 with a GT box, at most
+    int(TRAIN_ROIS_PER_IMAGE * ROI_POSITIVE_RATIO) picked at random; negatives
+    (IoU < 0.5) are added to keep that ratio (none if there is no positive, as
+    in matterport). Box targets are the refinements to the best-overlapping GT
+    box (the first on ties) divided by BBOX_STD_DEV; mask targets are that
     GT's (mini-)mask cropped to the RoI and resized to MASK_SHAPE by
     `roi_align.roi_align` with the heads' ROI_ALIGN_ALIGNED and
     ROI_ALIGN_SAMPLING_RATIO (matterport: crop_and_resize), then rounded to 0/1.
+
+    Vectorised over the batch (masked, static-shaped tensors; one roi_align
+    call for all mask targets). The random sample: one `tf.random.uniform` key
+    per proposal per call (seeded by the global seed); the positives are the
+    candidates with the highest keys (`top_k`), in descending key order, and
+    so are the negatives: a uniformly random subset in random order, as
+    matterport's shuffle and slice.
 
     Inputs: proposals [batch, N, 4] (normalised, zero padded),
     gt_class_ids [batch, MAX_GT] int, gt_boxes [batch, MAX_GT, 4] normalised,
@@ -250,78 +273,98 @@ class DetectionTargetLayer(GraphLayer):
 
     def call(self, inputs):
         proposals, gt_class_ids, gt_boxes, gt_masks = inputs
-        t, (mh, mw) = self.train_rois_per_image, self.mask_shape
-        signature = (tf.TensorSpec([t, 4], tf.float32), tf.TensorSpec([t], tf.int32),
-                     tf.TensorSpec([t, 4], tf.float32), tf.TensorSpec([t, mh, mw], tf.float32))
-        targets = tf.map_fn(
-            lambda args: self._image_targets(*args),
-            (tf.cast(proposals, tf.float32), tf.cast(gt_class_ids, tf.int32),
-             tf.cast(gt_boxes, tf.float32), tf.cast(gt_masks, tf.bool)),
-            fn_output_signature=signature)
-        return [tf.stop_gradient(t) for t in targets]
+        keys = tf.random.uniform(tf.shape(proposals)[:2], dtype=tf.float32)
+        return self._targets(proposals, gt_class_ids, gt_boxes, gt_masks, keys)
 
-    def _image_targets(self, proposals, gt_class_ids, gt_boxes, gt_masks):
-        """Targets for one image (see the class docstring)."""
+    def _targets(self, proposals, gt_class_ids, gt_boxes, gt_masks, keys):
+        """The outputs of `call` for the sampling keys [batch, N] in [0, 1):
+        of the candidates, those with the highest keys are taken."""
         t = self.train_rois_per_image
-        proposals, _ = trim_zeros_graph(proposals, name="trim_proposals")
-        gt_boxes, non_zeros = trim_zeros_graph(gt_boxes, name="trim_gt_boxes")
-        gt_class_ids = tf.boolean_mask(gt_class_ids, non_zeros)
-        gt_masks = tf.gather(gt_masks, tf.where(non_zeros)[:, 0], axis=2)
+        p = min(int(t * self.roi_positive_ratio), t)
+        proposals = tf.cast(proposals, tf.float32)
+        gt_class_ids = tf.cast(gt_class_ids, tf.int32)
+        gt_boxes = tf.cast(gt_boxes, tf.float32)
+        gt_masks = tf.cast(gt_masks, tf.bool)
+        keys = tf.cast(keys, tf.float32)
+        # At least T proposal rows (top_k's k) and one GT column (argmax, the
+        # gathers); the added rows and columns are zero, i.e. padding.
+        more_n = tf.maximum(t - tf.shape(proposals)[1], 0)
+        more_g = tf.maximum(1 - tf.shape(gt_boxes)[1], 0)
+        proposals = tf.pad(proposals, [(0, 0), (0, more_n), (0, 0)])
+        keys = tf.pad(keys, [(0, 0), (0, more_n)])
+        gt_class_ids = tf.pad(gt_class_ids, [(0, 0), (0, more_g)])
+        gt_boxes = tf.pad(gt_boxes, [(0, 0), (0, more_g), (0, 0)])
+        gt_masks = tf.pad(gt_masks, [(0, 0), (0, 0), (0, 0), (0, more_g)])
 
-        crowd_boxes = tf.gather(gt_boxes, tf.where(gt_class_ids < 0)[:, 0])
-        non_crowd_ix = tf.where(gt_class_ids > 0)[:, 0]
-        gt_class_ids = tf.gather(gt_class_ids, non_crowd_ix)
-        gt_boxes = tf.gather(gt_boxes, non_crowd_ix)
-        gt_masks = tf.gather(gt_masks, non_crowd_ix, axis=2)
+        valid = tf.cast(tf.reduce_sum(tf.abs(proposals), axis=2), tf.bool)      # [B, N]
+        gt_valid = tf.cast(tf.reduce_sum(tf.abs(gt_boxes), axis=2), tf.bool)    # [B, G]
+        objects = tf.logical_and(gt_valid, gt_class_ids > 0)
+        crowds = tf.logical_and(gt_valid, gt_class_ids < 0)
+        overlaps = _batch_overlaps(proposals, gt_boxes)                          # [B, N, G]
+        iou = tf.where(objects[:, None, :], overlaps, -1.0)
+        crowd_iou = tf.where(crowds[:, None, :], overlaps, -1.0)
+        roi_iou_max = tf.reduce_max(iou, axis=2)
+        no_crowd = tf.reduce_max(crowd_iou, axis=2) < 0.001
+        positive = tf.logical_and(valid, roi_iou_max >= 0.5)
+        negative = tf.logical_and(tf.logical_and(valid, roi_iou_max < 0.5), no_crowd)
 
-        overlaps = overlaps_graph(proposals, gt_boxes)
-        no_crowd = tf.reduce_max(overlaps_graph(proposals, crowd_boxes), axis=1) < 0.001
-        roi_iou_max = tf.reduce_max(overlaps, axis=1)
-        positive_indices = tf.where(roi_iou_max >= 0.5)[:, 0]
-        negative_indices = tf.where(tf.logical_and(roi_iou_max < 0.5, no_crowd))[:, 0]
+        def sample(candidates, k):
+            """The k highest-keyed candidates' indices [B, k], and which are candidates."""
+            scores, indices = tf.math.top_k(tf.where(candidates, keys, -1.0), k)
+            return indices, scores >= 0.0
 
-        positive_count = int(t * self.roi_positive_ratio)
-        positive_indices = tf.random.shuffle(positive_indices)[:positive_count]
-        positive_count = tf.shape(positive_indices)[0]
+        positive_ix, is_positive = sample(positive, p)
+        positive_count = tf.reduce_sum(tf.cast(is_positive, tf.int32), axis=1)
         r = tf.constant(1.0 / self.roi_positive_ratio, tf.float32)
         negative_count = tf.cast(r * tf.cast(positive_count, tf.float32), tf.int32) - positive_count
-        negative_indices = tf.random.shuffle(negative_indices)[:negative_count]
-        positive_rois = tf.gather(proposals, positive_indices)
-        negative_rois = tf.gather(proposals, negative_indices)
+        negative_ix, is_negative = sample(negative, t)
+        is_negative = tf.logical_and(is_negative, tf.range(t) < negative_count[:, None])
 
-        positive_overlaps = tf.gather(overlaps, positive_indices)
-        assignment = tf.cond(tf.shape(positive_overlaps)[1] > 0,
-                             lambda: tf.argmax(positive_overlaps, axis=1),
-                             lambda: tf.zeros([0], tf.int64))
-        roi_gt_boxes = tf.gather(gt_boxes, assignment)
-        roi_gt_class_ids = tf.gather(gt_class_ids, assignment)
+        # Row j: positive j below positive_count, then negative j - positive_count.
+        rows = tf.range(t)[None, :]
+        from_positives = rows < positive_count[:, None]
+        negative_slot = tf.maximum(rows - positive_count[:, None], 0)
+        row_ix = tf.where(from_positives, tf.pad(positive_ix, [(0, 0), (0, t - p)]),
+                          tf.gather(negative_ix, negative_slot, batch_dims=1))
+        used = tf.logical_or(from_positives, tf.gather(is_negative, negative_slot, batch_dims=1))
+        rois = tf.where(used[..., None], tf.gather(proposals, row_ix, batch_dims=1), 0.0)
+
+        # Positive slots [B, P]; the others compute on a dummy unit box and are zeroed.
+        unit = tf.constant([0.0, 0.0, 1.0, 1.0])
+        assignment = tf.argmax(tf.gather(iou, positive_ix, batch_dims=1), axis=2,
+                               output_type=tf.int32)
+        positive_rois = tf.where(is_positive[..., None],
+                                 tf.gather(proposals, positive_ix, batch_dims=1), unit)
+        roi_gt_boxes = tf.where(is_positive[..., None],
+                                tf.gather(gt_boxes, assignment, batch_dims=1), unit)
+        class_ids = tf.where(is_positive, tf.gather(gt_class_ids, assignment, batch_dims=1), 0)
         deltas = box_refinement_graph(positive_rois, roi_gt_boxes)
         deltas /= tf.constant(self.bbox_std_dev, tf.float32)
+        deltas = tf.where(is_positive[..., None], deltas, 0.0)
 
-        # [positives, height, width, 1]: the assigned GT mask of each positive.
-        roi_masks = tf.transpose(tf.gather(gt_masks, assignment, axis=2), [2, 0, 1])[..., None]
+        # Masks of every image as one stack [B * G, height, width, 1]; box k reads
+        # mask image * G + assigned GT.
+        batch, height, width, g = _static_or_dynamic_shape(gt_masks)
+        stack = tf.reshape(tf.transpose(gt_masks, [0, 3, 1, 2]), [-1, height, width, 1])
         boxes = positive_rois
         if self.use_mini_mask:
             # Mini-masks span their GT box: express the RoI in that box's frame.
-            y1, x1, y2, x2 = tf.split(positive_rois, 4, axis=1)
-            gt_y1, gt_x1, gt_y2, gt_x2 = tf.split(roi_gt_boxes, 4, axis=1)
+            y1, x1, y2, x2 = tf.split(positive_rois, 4, axis=2)
+            gt_y1, gt_x1, gt_y2, gt_x2 = tf.split(roi_gt_boxes, 4, axis=2)
             gt_h = gt_y2 - gt_y1
             gt_w = gt_x2 - gt_x1
             boxes = tf.concat([(y1 - gt_y1) / gt_h, (x1 - gt_x1) / gt_w,
-                               (y2 - gt_y1) / gt_h, (x2 - gt_x1) / gt_w], 1)
-        masks = roi_align(roi_masks, boxes, tf.range(tf.shape(roi_masks)[0]), self.mask_shape,
-                          self.roi_align_aligned, self.roi_align_sampling_ratio)
-        masks = tf.round(tf.squeeze(masks, axis=3))
+                               (y2 - gt_y1) / gt_h, (x2 - gt_x1) / gt_w], 2)
+        box_indices = tf.range(batch)[:, None] * g + assignment
+        masks = roi_align(stack, tf.reshape(boxes, [-1, 4]), tf.reshape(box_indices, [-1]),
+                          self.mask_shape, self.roi_align_aligned, self.roi_align_sampling_ratio)
+        masks = tf.reshape(tf.round(masks), [batch, p, *self.mask_shape])
+        masks = tf.where(is_positive[..., None, None], masks, 0.0)
 
-        rois = tf.concat([positive_rois, negative_rois], axis=0)
-        n = tf.shape(negative_rois)[0]
-        p = tf.maximum(t - tf.shape(rois)[0], 0)
-        rois = tf.pad(rois, [(0, p), (0, 0)])
-        roi_gt_class_ids = tf.pad(roi_gt_class_ids, [(0, n + p)])
-        deltas = tf.pad(deltas, [(0, n + p), (0, 0)])
-        masks = tf.pad(masks, [(0, n + p), (0, 0), (0, 0)])
-        return (tf.reshape(rois, [t, 4]), tf.reshape(roi_gt_class_ids, [t]),
-                tf.reshape(deltas, [t, 4]), tf.reshape(masks, [t, *self.mask_shape]))
+        pad = [(0, 0), (0, t - p)]
+        targets = (rois, tf.pad(class_ids, pad), tf.pad(deltas, pad + [(0, 0)]),
+                   tf.pad(masks, pad + [(0, 0), (0, 0)]))
+        return [tf.stop_gradient(x) for x in targets]
 
     def compute_output_spec(self, inputs):
         batch, t = inputs[0].shape[0], self.train_rois_per_image
