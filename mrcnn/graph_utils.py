@@ -89,9 +89,9 @@ def denorm_boxes_graph(boxes, shape):
 
 
 def overlaps_graph(boxes1, boxes2):
-    """IoU matrix [N1, N2] between boxes1 [N1, 4] and boxes2 [N2, 4]."""
-    b1 = tf.expand_dims(boxes1, 1)
-    b2 = tf.expand_dims(boxes2, 0)
+    """IoU matrix [..., N1, N2] between boxes1 [..., N1, 4] and boxes2 [..., N2, 4]."""
+    b1 = tf.expand_dims(boxes1, -2)
+    b2 = tf.expand_dims(boxes2, -3)
     y1 = tf.maximum(b1[..., 0], b2[..., 0])
     x1 = tf.maximum(b1[..., 1], b2[..., 1])
     y2 = tf.minimum(b1[..., 2], b2[..., 2])

@@ -9,7 +9,7 @@ from mrcnn.config import DETECTION_CLASS_MODES
 from mrcnn.graph_utils import (GraphLayer, LossLayer, apply_box_deltas_graph, box_refinement_graph,
                                clip_boxes_graph, mean_or_zero, norm_boxes_graph,
                                overlaps_graph, parse_image_meta_graph, setting,
-                               smooth_l1_loss, trim_zeros_graph)
+                               smooth_l1_loss)
 from mrcnn.roi_align import roi_align
 
 
@@ -208,21 +208,6 @@ def build_fpn_mask_graph(rois, feature_maps, image_meta, pool_size, num_classes,
 #  Detection targets (training)
 ############################################################
 
-def _batch_overlaps(boxes1, boxes2):
-    """IoU [batch, N1, N2] of boxes1 [batch, N1, 4] and boxes2 [batch, N2, 4]:
-    overlaps_graph's arithmetic, per image."""
-    b1 = tf.expand_dims(boxes1, 2)
-    b2 = tf.expand_dims(boxes2, 1)
-    y1 = tf.maximum(b1[..., 0], b2[..., 0])
-    x1 = tf.maximum(b1[..., 1], b2[..., 1])
-    y2 = tf.minimum(b1[..., 2], b2[..., 2])
-    x2 = tf.minimum(b1[..., 3], b2[..., 3])
-    intersection = tf.maximum(x2 - x1, 0) * tf.maximum(y2 - y1, 0)
-    area1 = (b1[..., 2] - b1[..., 0]) * (b1[..., 3] - b1[..., 1])
-    area2 = (b2[..., 2] - b2[..., 0]) * (b2[..., 3] - b2[..., 1])
-    return intersection / (area1 + area2 - intersection)
-
-
 @keras.saving.register_keras_serializable(package="mrcnn")
 class DetectionTargetLayer(GraphLayer):
     """Samples RoIs from the proposals and builds their training targets.
@@ -300,7 +285,7 @@ class DetectionTargetLayer(GraphLayer):
         gt_valid = tf.cast(tf.reduce_sum(tf.abs(gt_boxes), axis=2), tf.bool)    # [B, G]
         objects = tf.logical_and(gt_valid, gt_class_ids > 0)
         crowds = tf.logical_and(gt_valid, gt_class_ids < 0)
-        overlaps = _batch_overlaps(proposals, gt_boxes)                          # [B, N, G]
+        overlaps = overlaps_graph(proposals, gt_boxes)                          # [B, N, G]
         iou = tf.where(objects[:, None, :], overlaps, -1.0)
         crowd_iou = tf.where(crowds[:, None, :], overlaps, -1.0)
         roi_iou_max = tf.reduce_max(iou, axis=2)
