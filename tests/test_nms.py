@@ -181,6 +181,81 @@ def test_proposals_with_equal_scores_keep_the_lower_anchor():
         np.testing.assert_allclose(out[0, 0], anchors[0, order[0]], rtol=0, atol=1e-6)
 
 
+# --------------------------------------------------------------------------- detections
+
+DETECTION_CASES = [  # batch, rois, classes, k, quantum, nms_threshold
+    (1, 200, 9, 20, 0.05, 0.3),
+    (2, 200, 4, 100, 0.1, 0.3),        # uncapped: every survivor, then padding
+    (3, 150, 3, 10, 0.05, 0.5),
+    (2, 100, 2, 16, 0.1, 0.3),         # one foreground class
+    (2, 120, 5, 5, 0.25, 0.0),         # few score values, any overlap suppresses
+]
+
+
+@pytest.mark.parametrize("mode", ["argmax", "per_class"])
+@pytest.mark.parametrize("batch, n, classes, k, quantum, threshold", DETECTION_CASES)
+@pytest.mark.parametrize("seed", [0, 1])
+def test_detections_equal_per_image_and_class_non_max_suppression(mode, batch, n, classes, k,
+                                                                  quantum, threshold, seed):
+    rng = np.random.default_rng(seed * 1000 + n + classes)
+    inputs = detection_inputs(rng, batch, n, classes, quantum)
+    for min_confidence in (0.0, 0.3):
+        layer = DetectionLayer(bbox_std_dev=STD, detection_min_confidence=min_confidence,
+                               detection_max_instances=k, detection_nms_threshold=threshold,
+                               detection_class_mode=mode)
+        expected = reference_detections(inputs, mode, min_confidence, k, threshold).numpy()
+        assert (expected[..., 4] > 0).sum() >= min(k, 5) * batch               # detections
+        scores = expected[..., 5][expected[..., 4] > 0]
+        assert len(scores) > len(np.unique(scores)) or k <= 5                  # tied scores kept
+        out = layer(inputs).numpy()
+        assert out.shape == (batch, k, 6)
+        np.testing.assert_array_equal(out, expected)
+        graph = tf.function(lambda *x: layer(list(x)))(*inputs).numpy()
+        in_graph = tf.function(lambda *x: reference_detections(x, mode, min_confidence, k, threshold))
+        np.testing.assert_array_equal(graph, in_graph(*inputs).numpy())
+
+
+def test_detections_of_a_batch_are_those_of_each_image():
+    rng = np.random.default_rng(7)
+    inputs = detection_inputs(rng, 3, 100, 4, 0.05)
+    layer = DetectionLayer(bbox_std_dev=STD, detection_min_confidence=0.1,
+                           detection_max_instances=30, detection_nms_threshold=0.3,
+                           detection_class_mode="per_class")
+    out = layer(inputs).numpy()
+    for i in range(3):
+        np.testing.assert_array_equal(layer([x[i:i + 1] for x in inputs]).numpy()[0], out[i])
+    # Batch and RoI counts unknown when traced (compared in graphs of the same signature: the
+    # box arithmetic's rounding, not the NMS, depends on what Grappler knows of the shapes).
+    signature = [tf.TensorSpec([None, None, 4]), tf.TensorSpec([None, None, 4]),
+                 tf.TensorSpec([None, None, 4, 4]), tf.TensorSpec([None, 16])]
+    dynamic = tf.function(lambda *x: layer(list(x)), input_signature=signature)
+    reference = tf.function(lambda *x: reference_detections(x, "per_class", 0.1, 30, 0.3),
+                            input_signature=signature)
+    for part in (inputs, [x[1:2, :60] for x in inputs]):
+        np.testing.assert_array_equal(dynamic(*part).numpy(), reference(*part).numpy())
+
+
+def test_detections_with_no_candidate_are_zeros():
+    rng = np.random.default_rng(8)
+    inputs = detection_inputs(rng, 2, 50, 3, 0.05)
+    inputs[1][:] = [1.0, 0.0, 0.0]                                # everything is background
+    for mode in ("argmax", "per_class"):
+        layer = DetectionLayer(bbox_std_dev=STD, detection_min_confidence=0.1,
+                               detection_max_instances=8, detection_nms_threshold=0.3,
+                               detection_class_mode=mode)
+        assert not layer(inputs).numpy().any()
+
+
+def test_too_many_candidates_for_exact_keys_is_an_error():
+    layer = DetectionLayer(bbox_std_dev=STD, detection_min_confidence=0.1,
+                           detection_max_instances=8, detection_nms_threshold=0.3)
+    shape = [1, 2 ** 12, 2 ** 12 + 1]
+    with pytest.raises(ValueError, match="rank keys"):
+        tf.function(lambda *x: layer(list(x))).get_concrete_function(
+            tf.TensorSpec(shape[:2] + [4]), tf.TensorSpec(shape), tf.TensorSpec(shape + [4]),
+            tf.TensorSpec([1, 12 + shape[2]]))
+
+
 # --------------------------------------------------------------------------- the helper
 
 def test_ranked_nms_follows_the_keys_and_skips_negative_keys():
