@@ -400,15 +400,17 @@ class DetectionLayer(GraphLayer):
                              "the candidates would not be exact in float32 (2**24 at most).")
 
         # Flattened, candidate (roi, c) is at roi * (classes - 1) + c - 1. `order` lists the
-        # kept candidates by descending score, ties to the lower flat index (top_k's rule):
-        # the lower RoI, then the lower class. Rank keys m - rank (-1: not kept) carry it.
+        # kept candidates first, by descending score, ties to the lower flat index (top_k's
+        # rule): the lower RoI, then the lower class. Rank keys `kept` - rank (-1: not kept)
+        # carry that order. Only the `kept` first are sorted (most of the image's in COCO).
         flat_scores = tf.reshape(scores, [batch, -1])
         flat_keep = tf.reshape(keep, [batch, -1])
-        m = tf.shape(flat_scores)[1]
-        order = tf.nn.top_k(tf.where(flat_keep, flat_scores, -1.0), k=m, sorted=True).indices
+        kept = tf.maximum(tf.reduce_max(tf.reduce_sum(tf.cast(flat_keep, tf.int32), 1)), 0)
+        order = tf.nn.top_k(tf.where(flat_keep, flat_scores, -1.0), k=kept, sorted=True).indices
         images = tf.broadcast_to(tf.range(batch)[:, tf.newaxis], tf.shape(order))
         keys = tf.scatter_nd(tf.stack([images, order], -1),
-                             tf.broadcast_to(tf.range(m, 0, -1), tf.shape(order)), tf.shape(order))
+                             tf.broadcast_to(tf.range(kept, 0, -1), tf.shape(order)),
+                             tf.shape(flat_scores))
         keys = tf.where(flat_keep, tf.cast(keys, tf.float32), -1.0)
 
         # NMS per image and class: the (image, class) pairs along the batch axis, each with
@@ -420,7 +422,7 @@ class DetectionLayer(GraphLayer):
             k, self.detection_nms_threshold)
         # The image's k best survivors: the largest keys of its classes' (0: padding).
         best_keys, best = tf.nn.top_k(tf.reshape(nms_keys, [batch, -1]), k=k, sorted=True)
-        ranked = tf.gather(tf.pad(order, [(0, 0), (0, 1)]), m - best_keys, batch_dims=1)
+        ranked = tf.gather(tf.pad(order, [(0, 0), (0, 1)]), kept - best_keys, batch_dims=1)
         detections = tf.concat([
             tf.gather(tf.reshape(nms_boxes, [batch, -1, 4]), best, batch_dims=1),
             tf.cast(ranked % foreground + 1, tf.float32)[..., None],
