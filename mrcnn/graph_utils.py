@@ -168,3 +168,25 @@ class LossLayer(GraphLayer):
 
     def compute_output_shape(self, input_shape):
         return (1,)
+
+
+def ranked_nms(boxes, keys, max_output_size, iou_threshold):
+    """tf.image.non_max_suppression on each of a batch of box sets, all in
+    one tf.image.combined_non_max_suppression.
+
+    boxes [batch, N, 4]; keys [batch, N] float32: rank keys, distinct
+    integers in [1, 2**24) (exact in float32), larger first; -1 for boxes
+    that are not candidates. Combined NMS orders by score alone (equal scores
+    in no defined order), so the caller encodes its order, ties included, in
+    the keys and maps the returned keys back. IoU and the suppression test
+    (IoU > iou_threshold) are non_max_suppression's.
+
+    Returns the survivors' boxes [batch, max_output_size, 4] and keys
+    [batch, max_output_size] (int32), by descending key, zero padded.
+    One class with shared boxes (q = 1) is the form that tf2onnx converts.
+    TF 2.21 has a CPU kernel only: on a GPU the op runs on the host.
+    """
+    out = tf.image.combined_non_max_suppression(
+        boxes[:, :, tf.newaxis], keys[..., tf.newaxis], max_output_size, max_output_size,
+        iou_threshold, score_threshold=0.0, pad_per_class=False, clip_boxes=False)
+    return out.nmsed_boxes, tf.cast(out.nmsed_scores, tf.int32)

@@ -393,6 +393,11 @@ class DetectionLayer(GraphLayer):
     There is no pre-NMS cap: the N x (classes - 1) candidates of an image
     are scored and NMS sees those of one class at a time.
 
+    The NMS is one tf.image.combined_non_max_suppression over all (image,
+    class) pairs (graph_utils' ranked_nms), scored with each candidate's rank
+    in that order: the same as a tf.image.non_max_suppression per image and
+    class, ties included (N x (classes - 1) < 2**24).
+
     Inputs: rois [batch, N, 4], mrcnn_class [batch, N, classes],
     mrcnn_bbox [batch, N, classes, 4], image_meta [batch, meta].
     Output: [batch, DETECTION_MAX_INSTANCES, (y1, x1, y2, x2, class_id, score)]
@@ -418,6 +423,8 @@ class DetectionLayer(GraphLayer):
         self.detection_class_mode = mode
 
     def call(self, inputs):
+        from mrcnn.graph_utils import ranked_nms
+
         rois, probs, deltas = (tf.cast(t, tf.float32) for t in inputs[:3])
         meta = parse_image_meta_graph(inputs[3])
         window = norm_boxes_graph(meta["window"], meta["image_shape"][0][:2])
@@ -439,49 +446,40 @@ class DetectionLayer(GraphLayer):
             top_class = tf.argmax(probs, axis=2, output_type=tf.int32)
             keep = tf.logical_and(keep, tf.equal(top_class[..., tf.newaxis],
                                                  tf.range(1, num_classes)))
-        selected = self._per_class_nms(boxes, scores, keep)
-
-        # The best k selected candidates by score. Flattened, candidate (roi, c) is at
-        # roi * (classes - 1) + c - 1, and top_k puts equal scores in index order.
         batch, foreground = tf.shape(rois)[0], num_classes - 1
-        flat_scores = tf.reshape(tf.where(selected, scores, -1.0), [batch, -1])
-        candidates = probs.shape[1] * foreground if probs.shape[1] is not None else k
-        ranked = tf.nn.top_k(flat_scores, k=min(k, candidates), sorted=True).indices
-        ranked_ids = tf.cast(ranked % foreground + 1, tf.float32)
+        if probs.shape[1] is not None and probs.shape[1] * foreground >= 2 ** 24:
+            raise ValueError(f"{probs.shape[1]} RoIs x {foreground} classes: the rank keys of "
+                             "the candidates would not be exact in float32 (2**24 at most).")
+
+        # Flattened, candidate (roi, c) is at roi * (classes - 1) + c - 1. `order` lists the
+        # kept candidates first, by descending score, ties to the lower flat index (top_k's
+        # rule): the lower RoI, then the lower class. Rank keys `kept` - rank (-1: not kept)
+        # carry that order. Only the `kept` first are sorted (most of the image's in COCO).
+        flat_scores = tf.reshape(scores, [batch, -1])
+        flat_keep = tf.reshape(keep, [batch, -1])
+        kept = tf.maximum(tf.reduce_max(tf.reduce_sum(tf.cast(flat_keep, tf.int32), 1)), 0)
+        order = tf.nn.top_k(tf.where(flat_keep, flat_scores, -1.0), k=kept, sorted=True).indices
+        images = tf.broadcast_to(tf.range(batch)[:, tf.newaxis], tf.shape(order))
+        keys = tf.scatter_nd(tf.stack([images, order], -1),
+                             tf.broadcast_to(tf.range(kept, 0, -1), tf.shape(order)),
+                             tf.shape(flat_scores))
+        keys = tf.where(flat_keep, tf.cast(keys, tf.float32), -1.0)
+
+        # NMS per image and class: the (image, class) pairs along the batch axis, each with
+        # its class's N boxes; at most k survivors each, by descending key.
+        n = tf.shape(boxes)[1]
+        nms_boxes, nms_keys = ranked_nms(
+            tf.reshape(tf.transpose(boxes, [0, 2, 1, 3]), [-1, n, 4]),
+            tf.reshape(tf.transpose(tf.reshape(keys, tf.shape(scores)), [0, 2, 1]), [-1, n]),
+            k, self.detection_nms_threshold)
+        # The image's k best survivors: the largest keys of its classes' (0: padding).
+        best_keys, best = tf.nn.top_k(tf.reshape(nms_keys, [batch, -1]), k=k, sorted=True)
+        ranked = tf.gather(tf.pad(order, [(0, 0), (0, 1)]), kept - best_keys, batch_dims=1)
         detections = tf.concat([
-            tf.gather(tf.reshape(boxes, [batch, -1, 4]), ranked, batch_dims=1),
-            ranked_ids[..., None],
-            tf.gather(tf.reshape(scores, [batch, -1]), ranked, batch_dims=1)[..., None]], axis=2)
-        count = tf.reduce_sum(tf.cast(selected, tf.int32), axis=[1, 2])
-        detections = tf.where(tf.sequence_mask(count, tf.shape(ranked)[1])[..., None],
-                              detections, 0.0)
-        return tf.pad(detections, [(0, 0), (0, k - tf.shape(ranked)[1]), (0, 0)])
-
-    def _per_class_nms(self, boxes, scores, keep):
-        """[batch, N, classes - 1] mask of the candidates that survive NMS among
-        the kept candidates of their class (at most DETECTION_MAX_INSTANCES per
-        class and image).
-
-        One tf.image.non_max_suppression per (image, foreground class) over
-        that class's N boxes; candidates not kept are masked out by a score of -1."""
-        batch, foreground = tf.shape(boxes)[0], boxes.shape[2]
-        pairs = tf.reshape(tf.stack(tf.meshgrid(tf.range(batch), tf.range(foreground),
-                                                indexing="ij"), -1), [-1, 2])
-
-        def nms(pair):
-            image, c = pair[0], pair[1]
-            indices = tf.image.non_max_suppression(
-                boxes[image, :, c], tf.where(keep[image, :, c], scores[image, :, c], -1.0),
-                self.detection_max_instances, self.detection_nms_threshold, score_threshold=-0.5)
-            return tf.pad(indices, [(0, self.detection_max_instances - tf.shape(indices)[0])],
-                          constant_values=-1)
-
-        indices = tf.map_fn(nms, pairs, fn_output_signature=tf.TensorSpec(
-            [self.detection_max_instances], tf.int32))
-        found = tf.where(indices >= 0)
-        rows = tf.stack([tf.gather(pairs[:, 0], found[:, 0]), tf.gather_nd(indices, found),
-                         tf.gather(pairs[:, 1], found[:, 0])], 1)
-        return tf.scatter_nd(rows, tf.ones(tf.shape(rows)[:1]), tf.shape(keep)) > 0
+            tf.gather(tf.reshape(nms_boxes, [batch, -1, 4]), best, batch_dims=1),
+            tf.cast(ranked % foreground + 1, tf.float32)[..., None],
+            tf.gather(flat_scores, ranked, batch_dims=1)[..., None]], axis=2)
+        return tf.where(best_keys[..., None] > 0, detections, 0.0)
 
     def compute_output_shape(self, input_shape):
         return (input_shape[0][0], self.detection_max_instances, 6)

@@ -47,8 +47,9 @@ class ProposalLayer(GraphLayer):
 
     Keeps the PRE_NMS_LIMIT best-scoring anchors, applies their deltas (times
     RPN_BBOX_STD_DEV), clips to [0, 0, 1, 1], runs NMS at `nms_threshold` and
-    zero-pads to `proposal_count`: batched, with tf.image.non_max_suppression
-    mapped over the images so that ties in score resolve as in matterport.
+    zero-pads to `proposal_count`: one NMS op for the batch (graph_utils'
+    ranked_nms), giving per image what tf.image.non_max_suppression gives,
+    ties in score included (to the lower anchor index), as in matterport.
 
     Inputs: rpn_probs [batch, anchors, 2], rpn_bbox [batch, anchors, 4],
     anchors [batch, anchors, 4] (normalised).
@@ -72,25 +73,23 @@ class ProposalLayer(GraphLayer):
                                  setting(rpn_bbox_std_dev, config, "RPN_BBOX_STD_DEV")]
 
     def call(self, inputs):
+        from mrcnn.graph_utils import ranked_nms
+
         rpn_probs, rpn_bbox, anchors = (tf.cast(t, tf.float32) for t in inputs)
         scores = rpn_probs[:, :, 1]
         deltas = rpn_bbox * tf.constant(self.rpn_bbox_std_dev, tf.float32)
         pre_nms_limit = tf.minimum(self.pre_nms_limit, tf.shape(anchors)[1])
         ix = tf.nn.top_k(scores, pre_nms_limit, sorted=True, name="top_anchors").indices
-        scores = tf.gather(scores, ix, batch_dims=1)
         deltas = tf.gather(deltas, ix, batch_dims=1)
         boxes = apply_box_deltas_graph(tf.gather(anchors, ix, batch_dims=1), deltas)
         boxes = clip_boxes_graph(boxes, tf.constant([0., 0., 1., 1.]))
-        proposals = tf.map_fn(lambda args: self._nms(*args), (boxes, scores),
-                              fn_output_signature=tf.TensorSpec([self.proposal_count, 4]))
+        # top_k put the boxes by descending score, ties to the lower anchor index: the
+        # order non_max_suppression considers them in. Rank keys n, n - 1, ..., 1 make
+        # combined NMS follow it (exact in float32 while n < 2**24).
+        keys = tf.cast(tf.range(tf.shape(ix)[1], 0, -1), tf.float32)
+        keys = tf.broadcast_to(keys, tf.shape(ix))
+        proposals = ranked_nms(boxes, keys, self.proposal_count, self.nms_threshold)[0]
         return tf.stop_gradient(proposals)
-
-    def _nms(self, boxes, scores):
-        """NMS on one image's boxes (sorted by score), zero padded."""
-        keep = tf.image.non_max_suppression(boxes, scores, self.proposal_count,
-                                            self.nms_threshold, name="rpn_non_max_suppression")
-        proposals = tf.gather(boxes, keep)
-        return tf.pad(proposals, [(0, self.proposal_count - tf.shape(proposals)[0]), (0, 0)])
 
     def compute_output_shape(self, input_shape):
         return (input_shape[0][0], self.proposal_count, 4)

@@ -1,0 +1,192 @@
+"""NMS in ProposalLayer and DetectionLayer: the former tf.map_fn of
+tf.image.non_max_suppression (per image; per image and class) against the
+layers' one combined NMS (graph_utils.ranked_nms); prints JSON lines.
+
+    python benchmarks/bench_nms.py [--repeat 9]
+
+Each case times the whole layer call inside a tf.function (inputs passed as
+arguments), old and new interleaved, median of --repeat after a tracing call,
+and says whether both gave the same output bit for bit.
+  proposals: the anchor pyramid of the image size (RPN_ANCHOR_SCALES 8-128 at
+             128 px, 32-512 at 1024 px), random RPN logits and small deltas;
+             batch x min(anchors, PRE_NMS_LIMIT 6000) -> proposal_count, IoU 0.7.
+  detections: random RoIs, peaked softmax class probabilities (a random class
+             per RoI favoured), deltas, IoU 0.3, DETECTION_MAX_INSTANCES 100;
+             "argmax" at DETECTION_MIN_CONFIDENCE 0.7 (matterport's defaults) and
+             "per_class" at 0.05. NUM_CLASSES counts the background.
+"""
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from mrcnn import utils  # noqa: E402
+from mrcnn.graph_utils import (apply_box_deltas_graph, clip_boxes_graph, norm_boxes_graph,  # noqa: E402
+                               parse_image_meta_graph)
+from mrcnn.roi_heads import DetectionLayer  # noqa: E402
+from mrcnn.rpn import ProposalLayer  # noqa: E402
+
+STD = [0.1, 0.1, 0.2, 0.2]
+PROPOSALS = [  # name, batch, image size, anchor scales, proposal_count
+    ("train_8x128", 8, 128, (8, 16, 32, 64, 128), 2000),
+    ("detect_1x1024", 1, 1024, (32, 64, 128, 256, 512), 1000),
+    ("train_2x1024", 2, 1024, (32, 64, 128, 256, 512), 2000),
+]
+DETECTIONS = [  # name, batch, RoIs, NUM_CLASSES
+    ("coco_1x1000x81", 1, 1000, 81),
+    ("shapes_8x1000x4", 8, 1000, 4),
+]
+
+
+def cpu_model():
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor()
+
+
+# The former implementations (commit a189d66), as in tests/test_nms.py.
+
+def old_proposals(rpn_probs, rpn_bbox, anchors, proposal_count, nms_threshold, pre_nms_limit):
+    scores = rpn_probs[:, :, 1]
+    deltas = rpn_bbox * tf.constant(STD, tf.float32)
+    pre_nms_limit = tf.minimum(pre_nms_limit, tf.shape(anchors)[1])
+    ix = tf.nn.top_k(scores, pre_nms_limit, sorted=True).indices
+    scores = tf.gather(scores, ix, batch_dims=1)
+    deltas = tf.gather(deltas, ix, batch_dims=1)
+    boxes = apply_box_deltas_graph(tf.gather(anchors, ix, batch_dims=1), deltas)
+    boxes = clip_boxes_graph(boxes, tf.constant([0., 0., 1., 1.]))
+
+    def nms(args):
+        boxes, scores = args
+        keep = tf.image.non_max_suppression(boxes, scores, proposal_count, nms_threshold)
+        proposals = tf.gather(boxes, keep)
+        return tf.pad(proposals, [(0, proposal_count - tf.shape(proposals)[0]), (0, 0)])
+
+    return tf.map_fn(nms, (boxes, scores), fn_output_signature=tf.TensorSpec([proposal_count, 4]))
+
+
+def old_detections(inputs, mode, min_confidence, k, nms_threshold):
+    rois, probs, deltas = inputs[:3]
+    meta = parse_image_meta_graph(inputs[3])
+    window = norm_boxes_graph(meta["window"], meta["image_shape"][0][:2])
+    num_classes = probs.shape[-1]
+    scores = probs[..., 1:]
+    deltas = deltas[:, :, 1:] * tf.constant(STD, tf.float32)
+    boxes = apply_box_deltas_graph(tf.broadcast_to(rois[:, :, tf.newaxis], tf.shape(deltas)), deltas)
+    boxes = clip_boxes_graph(boxes, window[:, tf.newaxis, tf.newaxis])
+    keep = scores >= min_confidence
+    if mode == "argmax":
+        top_class = tf.argmax(probs, axis=2, output_type=tf.int32)
+        keep = tf.logical_and(keep, tf.equal(top_class[..., tf.newaxis], tf.range(1, num_classes)))
+    batch, foreground = tf.shape(boxes)[0], boxes.shape[2]
+    pairs = tf.reshape(tf.stack(tf.meshgrid(tf.range(batch), tf.range(foreground), indexing="ij"), -1),
+                       [-1, 2])
+
+    def nms(pair):
+        image, c = pair[0], pair[1]
+        indices = tf.image.non_max_suppression(
+            boxes[image, :, c], tf.where(keep[image, :, c], scores[image, :, c], -1.0),
+            k, nms_threshold, score_threshold=-0.5)
+        return tf.pad(indices, [(0, k - tf.shape(indices)[0])], constant_values=-1)
+
+    indices = tf.map_fn(nms, pairs, fn_output_signature=tf.TensorSpec([k], tf.int32))
+    found = tf.where(indices >= 0)
+    rows = tf.stack([tf.gather(pairs[:, 0], found[:, 0]), tf.gather_nd(indices, found),
+                     tf.gather(pairs[:, 1], found[:, 0])], 1)
+    selected = tf.scatter_nd(rows, tf.ones(tf.shape(rows)[:1]), tf.shape(keep)) > 0
+    flat_scores = tf.reshape(tf.where(selected, scores, -1.0), [batch, -1])
+    ranked = tf.nn.top_k(flat_scores, k=min(k, probs.shape[1] * foreground), sorted=True).indices
+    detections = tf.concat([
+        tf.gather(tf.reshape(boxes, [batch, -1, 4]), ranked, batch_dims=1),
+        tf.cast(ranked % foreground + 1, tf.float32)[..., None],
+        tf.gather(tf.reshape(scores, [batch, -1]), ranked, batch_dims=1)[..., None]], axis=2)
+    count = tf.reduce_sum(tf.cast(selected, tf.int32), axis=[1, 2])
+    detections = tf.where(tf.sequence_mask(count, tf.shape(ranked)[1])[..., None], detections, 0.0)
+    return tf.pad(detections, [(0, 0), (0, k - tf.shape(ranked)[1]), (0, 0)])
+
+
+# Inputs.
+
+def proposal_inputs(rng, batch, size, scales):
+    strides = [4, 8, 16, 32, 64]
+    shapes = np.array([[int(np.ceil(size / s))] * 2 for s in strides])
+    anchors = utils.generate_pyramid_anchors(scales, [0.5, 1, 2], shapes, strides, 1)
+    anchors = np.broadcast_to(utils.norm_boxes(anchors, (size, size)), (batch,) + anchors.shape)
+    logits = rng.normal(size=(batch, len(anchors[0]), 2)) * 2
+    probs = tf.nn.softmax(logits).numpy()
+    deltas = rng.normal(size=(batch, len(anchors[0]), 4)) * 0.5
+    return [tf.constant(x, tf.float32) for x in (probs, deltas, anchors)]
+
+
+def detection_inputs(rng, batch, n, classes):
+    corners = rng.uniform(0, 1, (batch, n, 2, 2))
+    rois = np.concatenate([corners.min(2), corners.max(2)], -1)
+    logits = rng.normal(size=(batch, n, classes))
+    logits[np.arange(batch)[:, None], np.arange(n), rng.integers(0, classes, (batch, n))] += 5
+    probs = tf.nn.softmax(logits).numpy()
+    deltas = rng.normal(size=(batch, n, classes, 4)) * 0.3
+    meta = np.array([[0, 1024, 1024, 3, 1024, 1024, 3, 0, 0, 1024, 1024, 1.0] + [1] * classes] * batch)
+    return [tf.constant(x, tf.float32) for x in (rois, probs, deltas, meta)]
+
+
+def compare(old, new, inputs, repeat):
+    """Median seconds of old and new (interleaved), and whether their outputs are equal."""
+    equal = bool(np.array_equal(old(*inputs).numpy(), new(*inputs).numpy()))   # also traces
+    times = {"old": [], "new": []}
+    for _ in range(repeat):
+        for name, fn in (("old", old), ("new", new)):
+            t0 = time.perf_counter()
+            fn(*inputs).numpy()
+            times[name].append(time.perf_counter() - t0)
+    return {f"{name}_median_s": round(statistics.median(v), 5) for name, v in times.items()}, equal
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    parser.add_argument("--repeat", type=int, default=9)
+    args = parser.parse_args()
+    env = {"cpu": cpu_model(), "cores": os.cpu_count(), "tensorflow": tf.__version__,
+           "GLIBC_TUNABLES": os.environ.get("GLIBC_TUNABLES", ""), "repeat": args.repeat}
+    rng = np.random.default_rng(0)
+
+    for name, batch, size, scales, count in PROPOSALS:
+        inputs = proposal_inputs(rng, batch, size, scales)
+        layer = ProposalLayer(count, 0.7, pre_nms_limit=6000, rpn_bbox_std_dev=STD)
+        old = tf.function(lambda *x: old_proposals(*x, count, 0.7, 6000))
+        new = tf.function(lambda *x: layer(list(x)))
+        times, equal = compare(old, new, inputs, args.repeat)
+        pre_nms = min(6000, inputs[2].shape[1])
+        print(json.dumps({"layer": "ProposalLayer", "case": name,
+                          "size": f"{batch}x{pre_nms}->{count}", **times,
+                          "speedup": round(times["old_median_s"] / times["new_median_s"], 2),
+                          "equal": equal, **env}), flush=True)
+
+    for name, batch, n, classes in DETECTIONS:
+        inputs = detection_inputs(rng, batch, n, classes)
+        for mode, confidence in (("argmax", 0.7), ("per_class", 0.05)):
+            layer = DetectionLayer(bbox_std_dev=STD, detection_min_confidence=confidence,
+                                   detection_max_instances=100, detection_nms_threshold=0.3,
+                                   detection_class_mode=mode)
+            old = tf.function(lambda *x: old_detections(x, mode, confidence, 100, 0.3))
+            new = tf.function(lambda *x: layer(list(x)))
+            times, equal = compare(old, new, inputs, args.repeat)
+            print(json.dumps({"layer": "DetectionLayer", "case": name, "mode": mode,
+                              "min_confidence": confidence,
+                              "size": f"{batch}x{n} RoIs x {classes - 1} classes -> 100", **times,
+                              "speedup": round(times["old_median_s"] / times["new_median_s"], 2),
+                              "equal": equal, **env}), flush=True)
+
+
+if __name__ == "__main__":
+    main()
