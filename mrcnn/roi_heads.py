@@ -8,7 +8,7 @@ from mrcnn.backbone import BatchNorm, bn_training, is_symbolic
 from mrcnn.config import DETECTION_CLASS_MODES
 from mrcnn.graph_utils import (GraphLayer, LossLayer, apply_box_deltas_graph, box_refinement_graph,
                                clip_boxes_graph, mean_or_zero, norm_boxes_graph,
-                               overlaps_graph, parse_image_meta_graph, setting,
+                               overlaps_graph, parse_image_meta_graph, ranked_nms, setting,
                                smooth_l1_loss)
 from mrcnn.roi_align import roi_align
 
@@ -423,7 +423,6 @@ class DetectionLayer(GraphLayer):
         self.detection_class_mode = mode
 
     def call(self, inputs):
-        from mrcnn.graph_utils import ranked_nms
 
         rois, probs, deltas = (tf.cast(t, tf.float32) for t in inputs[:3])
         meta = parse_image_meta_graph(inputs[3])

@@ -8,7 +8,8 @@ import tensorflow as tf
 
 from mrcnn import utils
 from mrcnn.graph_utils import (GraphLayer, LossLayer, apply_box_deltas_graph, batch_pack_graph,
-                               clip_boxes_graph, mean_or_zero, setting, smooth_l1_loss)
+                               clip_boxes_graph, mean_or_zero, ranked_nms, setting,
+                               smooth_l1_loss)
 
 
 def rpn_graph(feature_map, anchors_per_location, anchor_stride):
@@ -73,7 +74,6 @@ class ProposalLayer(GraphLayer):
                                  setting(rpn_bbox_std_dev, config, "RPN_BBOX_STD_DEV")]
 
     def call(self, inputs):
-        from mrcnn.graph_utils import ranked_nms
 
         rpn_probs, rpn_bbox, anchors = (tf.cast(t, tf.float32) for t in inputs)
         scores = rpn_probs[:, :, 1]
