@@ -543,7 +543,7 @@ def build_parser():
                                      "write weights, detections.png and loss_curve.png")
     common(p)
     p.add_argument("--fresh", action="store_true", help="start from random weights, ignoring checkpoints")
-    p.add_argument("--minutes", type=float, default=13.0, help="training time budget (default: 13)")
+    p.add_argument("--minutes", type=float, default=8.5, help="training time budget (default: 8.5)")
     p.add_argument("--steps", type=int, default=None,
                    help="stop after this many steps if the time budget lasts longer")
     p.add_argument("--lr", type=float, default=None, help="peak learning rate (default: the config's)")
