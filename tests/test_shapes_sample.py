@@ -161,6 +161,21 @@ def test_time_budget_warms_up_decays_and_stops_after_max_steps():
     assert logs["lr"] == rates[-1] and logs["elapsed_s"] >= 0
 
 
+def test_time_budget_reports_where_it_is_in_its_budget(capsys):
+    """One line per epoch: time used of the budget, its share, steps, loss and rate (not
+    Keras' 'Epoch 35/1000000')."""
+    start = time.time() - 90
+    budget = shapes.TimeBudget(0.01, start, start + 300)
+    budget.steps, budget.lr = 40, 0.005
+    budget.on_epoch_end(3, {"loss": 0.5})
+    line = capsys.readouterr().out.strip()
+    assert line.startswith("1:30 of 5:00 ( 30%)  epoch 4, step 40  loss 0.500  lr 5.00e-03"), line
+    with_steps = shapes.TimeBudget(0.01, time.time(), time.time() + 3600, max_steps=80)
+    with_steps.steps = 20
+    with_steps.on_epoch_end(0, {"loss": 1.0})
+    assert "( 25%)  epoch 1, step 20/80" in capsys.readouterr().out
+
+
 def test_command_line_help(capsys):
     out = subprocess.run([sys.executable, "-m", "samples.shapes.shapes", "--help"], cwd=ROOT,
                          capture_output=True, text=True, timeout=120)
