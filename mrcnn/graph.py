@@ -11,7 +11,8 @@ import tensorflow as tf
 from mrcnn.backbone import compute_backbone_shapes, resnet_graph
 from mrcnn.config import LOSS_NAMES
 from mrcnn.graph_utils import GraphLayer, norm_boxes_graph
-from mrcnn.roi_heads import (DetectionBoxes, DetectionLayer, DetectionTargetLayer, LeadingRows,
+from mrcnn.roi_heads import (DetectionBoxes, DetectionClassIds, DetectionLayer,
+                             DetectionTargetLayer, LeadingRows,
                              MrcnnBboxLoss, MrcnnClassLoss, MrcnnMaskLoss,
                              build_fpn_mask_graph, fpn_classifier_graph)
 from mrcnn.rpn import AnchorsLayer, ProposalLayer, RpnBboxLoss, RpnClassLoss, build_rpn_model
@@ -81,7 +82,8 @@ def build_training_model(config):
     mrcnn_class, mrcnn_bbox, mrcnn_mask, rpn_rois (ROI), output_rois, then
     the five losses (LOSS_NAMES order), each [1]. mrcnn_mask covers only the
     first int(TRAIN_ROIS_PER_IMAGE * ROI_POSITIVE_RATIO) RoIs of each image,
-    where all positives are (the mask head's cost is spent on nothing else).
+    where all positives are, and is computed for the positives only (0 in
+    the other rows): the mask loss uses nothing else.
     """
     config.validate()
     input_image, input_image_meta = _image_inputs(config)
@@ -126,7 +128,8 @@ def build_training_model(config):
     mrcnn_mask = build_fpn_mask_graph(mask_rois, mrcnn_feature_maps, input_image_meta,
                                       config.MASK_POOL_SIZE, config.NUM_CLASSES,
                                       train_bn=config.TRAIN_BN, aligned=config.ROI_ALIGN_ALIGNED,
-                                      sampling_ratio=config.ROI_ALIGN_SAMPLING_RATIO)
+                                      sampling_ratio=config.ROI_ALIGN_SAMPLING_RATIO,
+                                      row_ids=mask_class_ids)
     output_rois = keras.layers.Identity(name="output_rois")(rois)
 
     losses = [
@@ -149,9 +152,8 @@ def build_inference_model(config):
     Inputs: input_image, input_image_meta, input_anchors (normalised,
     [batch, anchors, 4]). Outputs: detections [batch,
     DETECTION_MAX_INSTANCES, (y1, x1, y2, x2, class_id, score)] (normalised),
-    mrcnn_class, mrcnn_bbox, mrcnn_mask (for the detections: the mask head
-    runs on the first n rows, n the most detections of any image in the
-    batch; the rows after them are 0), rpn_rois, rpn_class, rpn_bbox.
+    mrcnn_class, mrcnn_bbox, mrcnn_mask (computed for the detections only,
+    0 in the padding rows), rpn_rois, rpn_class, rpn_bbox.
     """
     config.validate()
     input_image, input_image_meta = _image_inputs(config)
@@ -173,7 +175,8 @@ def build_inference_model(config):
                                       config.MASK_POOL_SIZE, config.NUM_CLASSES,
                                       train_bn=config.TRAIN_BN, aligned=config.ROI_ALIGN_ALIGNED,
                                       sampling_ratio=config.ROI_ALIGN_SAMPLING_RATIO,
-                                      pad_to=config.DETECTION_MAX_INSTANCES)
+                                      row_ids=DetectionClassIds(name="detection_class_ids")(
+                                          detections))
     return keras.Model([input_image, input_image_meta, input_anchors],
                        [detections, mrcnn_class, mrcnn_bbox, mrcnn_mask, rpn_rois, rpn_class,
                         rpn_bbox], name="mask_rcnn")

@@ -93,18 +93,21 @@ class RoIDistributed(keras.layers.Wrapper):
     weights, BatchNorm statistics over all RoIs of the batch as in Keras 2);
     Keras 3's TimeDistributed loops over a static RoI axis in Python and
     mis-handles a dynamic one. Wired with `training=False`, a wrapped
-    BatchNorm is frozen (see `BatchNorm`). With `pad_to`, the RoI axis of
-    the output is zero padded to that many rows (the mask head in inference
-    runs on the detections only, yet returns a row per detection slot).
+    BatchNorm is frozen (see `BatchNorm`).
+
+    With `scatter`, the inputs are [rows, row_ids]: `rows` [1, n, ...] are
+    the used rows of row_ids [batch, rois] as `UsedRows` gathers them, and
+    the output [batch, rois, ...] holds each result in its row, 0 elsewhere.
     """
 
-    def __init__(self, layer, pad_to=None, **kwargs):
+    def __init__(self, layer, scatter=False, **kwargs):
         super().__init__(layer, **kwargs)
-        self.pad_to = None if pad_to is None else int(pad_to)
+        self.scatter = bool(scatter)
 
     def build(self, input_shape):
         if not self.layer.built:  # deserialisation builds it beforehand
-            self.layer.build((None,) + tuple(input_shape[2:]))
+            shape = input_shape[0] if self.scatter else input_shape
+            self.layer.build((None,) + tuple(shape[2:]))
         self.built = True
 
     def __call__(self, inputs, *args, **kwargs):
@@ -114,26 +117,52 @@ class RoIDistributed(keras.layers.Wrapper):
         return super().__call__(inputs, *args, **kwargs)
 
     def call(self, inputs, training=None):
-        shape = _static_or_dynamic_shape(inputs)
-        outputs = self.layer(tf.reshape(inputs, [-1] + shape[2:]), training=training)
-        outputs = tf.reshape(outputs, shape[:2] + _static_or_dynamic_shape(outputs)[1:])
-        if self.pad_to is None:
-            return outputs
-        rows = [(0, 0), (0, self.pad_to - tf.shape(outputs)[1])]
-        return tf.pad(outputs, rows + [(0, 0)] * (outputs.shape.rank - 2))
+        x = inputs[0] if self.scatter else inputs
+        shape = _static_or_dynamic_shape(x)
+        outputs = self.layer(tf.reshape(x, [-1] + shape[2:]), training=training)
+        if self.scatter:
+            used = _used_rows(inputs[1])
+            out_shape = tf.concat([tf.shape(used, out_type=tf.int64),
+                                   tf.shape(outputs, out_type=tf.int64)[1:]], 0)
+            return tf.scatter_nd(tf.where(used), outputs, out_shape)
+        return tf.reshape(outputs, shape[:2] + _static_or_dynamic_shape(outputs)[1:])
 
     def compute_output_shape(self, input_shape):
+        if self.scatter:
+            inner = self.layer.compute_output_shape((None,) + tuple(input_shape[0][2:]))
+            return tuple(input_shape[1][:2]) + tuple(inner[1:])
         inner = self.layer.compute_output_shape((None,) + tuple(input_shape[2:]))
-        rois = input_shape[1] if self.pad_to is None else self.pad_to
-        return (input_shape[0], rois) + tuple(inner[1:])
+        return tuple(input_shape[:2]) + tuple(inner[1:])
 
     def get_config(self):
-        return {**super().get_config(), "pad_to": self.pad_to}
+        return {**super().get_config(), "scatter": self.scatter}
 
 
-def _per_roi(layer, pad_to=None):
+def _per_roi(layer, scatter=False):
     """`layer` wrapped in RoIDistributed under the same name."""
-    return RoIDistributed(layer, pad_to=pad_to, name=layer.name)
+    return RoIDistributed(layer, scatter=scatter, name=layer.name)
+
+
+def _used_rows(row_ids):
+    """Rows [batch, rois] with an id > 0; the first row when there is none, so that the
+    layers always see a row (an empty batch would give BatchNorm NaN statistics)."""
+    used = tf.cast(row_ids, tf.float32) > 0
+    first = tf.reshape(tf.equal(tf.range(tf.size(used)), 0), tf.shape(used))
+    return tf.logical_or(used, tf.logical_and(tf.logical_not(tf.reduce_any(used)), first))
+
+
+@keras.saving.register_keras_serializable(package="mrcnn")
+class UsedRows(GraphLayer):
+    """The rows of x [batch, rois, ...] whose row_ids [batch, rois] are > 0 (the
+    positives in training, the detections in inference; the first row if none),
+    image by image in row order, as one batch of n rows [1, n, ...]."""
+
+    def call(self, inputs):
+        x, row_ids = inputs
+        return tf.gather_nd(x, tf.where(_used_rows(row_ids)))[tf.newaxis]
+
+    def compute_output_shape(self, input_shape):
+        return (1, None) + tuple(input_shape[0][2:])
 
 
 ############################################################
@@ -173,26 +202,27 @@ def fpn_classifier_graph(rois, feature_maps, image_meta, pool_size, num_classes,
 
 
 def build_fpn_mask_graph(rois, feature_maps, image_meta, pool_size, num_classes, train_bn=True,
-                         aligned=False, sampling_ratio=1, pad_to=None):
+                         aligned=False, sampling_ratio=1, row_ids=None):
     """Mask head on the RoIs: four 3x3 conv + BN + ReLU, a 2x2 stride-2
     deconvolution and a 1x1 sigmoid conv per class.
 
-    Returns masks [batch, num_rois, 2*pool_size, 2*pool_size, num_classes],
-    zero padded to `pad_to` RoIs if given. `aligned`, `sampling_ratio`: see
-    PyramidROIAlign.
+    Returns masks [batch, num_rois, 2*pool_size, 2*pool_size, num_classes].
+    `aligned`, `sampling_ratio`: see PyramidROIAlign.
 
-    The graphs give it only the RoIs whose masks are used: in training the
-    first int(TRAIN_ROIS_PER_IMAGE * ROI_POSITIVE_RATIO) of each image, where
-    DetectionTargetLayer puts all positives (`LeadingRows`); in inference the
-    detection rows (`DetectionBoxes`). With frozen BatchNorm (TRAIN_BN False)
+    With row_ids [batch, num_rois], the layers after RoIAlign run only on the
+    rows whose id is > 0 (see `UsedRows`) and the other rows are 0: the graphs
+    pass the positives' class ids in training, the detections' in inference,
+    the only masks that are used. With frozen BatchNorm (TRAIN_BN False),
     losses and gradients are those of running it on every RoI; with trained
-    BatchNorm its batch statistics come from those rows only (the positives,
-    and in images with fewer positives the negatives and padding after them),
-    no longer from all TRAIN_ROIS_PER_IMAGE rows as in matterport.
+    BatchNorm its batch statistics come from the positives only (as in
+    torchvision and detectron2), no longer from all TRAIN_ROIS_PER_IMAGE
+    RoIs as in matterport.
     """
     training = bn_training(train_bn)
     x = PyramidROIAlign([pool_size, pool_size], aligned, sampling_ratio, name="roi_align_mask")(
         [rois, image_meta] + list(feature_maps))
+    if row_ids is not None:
+        x = UsedRows(name="mask_used_rows")([x, row_ids])
     for i in range(1, 5):
         x = _per_roi(keras.layers.Conv2D(256, (3, 3), padding="same",
                                          name=f"mrcnn_mask_conv{i}"))(x)
@@ -200,8 +230,11 @@ def build_fpn_mask_graph(rois, feature_maps, image_meta, pool_size, num_classes,
         x = keras.layers.Activation("relu")(x)
     x = _per_roi(keras.layers.Conv2DTranspose(256, (2, 2), strides=2, activation="relu",
                                               name="mrcnn_mask_deconv"))(x)
-    return _per_roi(keras.layers.Conv2D(num_classes, (1, 1), strides=1, activation="sigmoid",
-                                        name="mrcnn_mask"), pad_to)(x)
+    mask = keras.layers.Conv2D(num_classes, (1, 1), strides=1, activation="sigmoid",
+                               name="mrcnn_mask")
+    if row_ids is None:
+        return _per_roi(mask)(x)
+    return _per_roi(mask, scatter=True)([x, row_ids])
 
 
 ############################################################
@@ -493,24 +526,32 @@ class DetectionLayer(GraphLayer):
 
 @keras.saving.register_keras_serializable(package="mrcnn")
 class DetectionBoxes(GraphLayer):
-    """The boxes (y1, x1, y2, x2) of the detections, for the mask head: the
-    first n rows, n being the most detections of any image in the batch (at
-    least 1). Detections come first and padding needs no mask."""
+    """The (y1, x1, y2, x2) columns of the detections, for the mask head."""
 
     def call(self, detections):
-        count = tf.reduce_sum(tf.cast(detections[..., 4] > 0, tf.int32), axis=1)
-        return detections[:, :tf.maximum(tf.reduce_max(count), 1), :4]
+        return detections[..., :4]
 
     def compute_output_shape(self, input_shape):
-        return (input_shape[0], None, 4)
+        return tuple(input_shape[:-1]) + (4,)
+
+
+@keras.saving.register_keras_serializable(package="mrcnn")
+class DetectionClassIds(GraphLayer):
+    """The class id column of the detections (0 for padding): the mask head's row ids."""
+
+    def call(self, detections):
+        return detections[..., 4]
+
+    def compute_output_shape(self, input_shape):
+        return tuple(input_shape[:-1])
 
 
 @keras.saving.register_keras_serializable(package="mrcnn")
 class LeadingRows(GraphLayer):
     """The first `count` rows (axis 1) of each input. The mask head and its
     loss take the first int(TRAIN_ROIS_PER_IMAGE * ROI_POSITIVE_RATIO) rows
-    of DetectionTargetLayer's outputs: all the positives, the only RoIs the
-    mask loss uses."""
+    of DetectionTargetLayer's outputs, where all the positives are: RoIAlign
+    for the mask head then pools those rows only."""
 
     def __init__(self, count, **kwargs):
         super().__init__(**kwargs)
