@@ -3,7 +3,8 @@
     python benchmarks/bench_model.py                 # every case, each in its own process
     python benchmarks/bench_model.py --case detect_r50_1024 [--repeat 5] [--threads N]
 
-Cases (random weights; the work is fixed by DETECTION_MIN_CONFIDENCE 0):
+Cases (random weights; the work is fixed by DETECTION_MIN_CONFIDENCE 0 and, as torchvision
+scores, DETECTION_CLASS_MODE "per_class": every image gets DETECTION_MAX_INSTANCES detections):
   detect_r50_128, detect_r50_1024, detect_r101_1024: one image per detect() call;
   detect_r50_8x128: 8 images in one call (BATCH_SIZE 8). First call (trace + run) and
   steady state (median of --repeat).
@@ -49,6 +50,7 @@ def make_config(backbone, size, batch, mode):
         NUM_CLASSES = 1 + 3
         IMAGE_MIN_DIM = IMAGE_MAX_DIM = size
         DETECTION_MIN_CONFIDENCE = 0.0
+        DETECTION_CLASS_MODE = "per_class"
         STEPS_PER_EPOCH = 1
         if size <= 128:  # matterport's shapes sample
             RPN_ANCHOR_SCALES = (8, 16, 32, 64, 128)
@@ -86,7 +88,7 @@ def run_detect(backbone, size, batch, repeat):
     build_s = time.perf_counter() - t0
     images = list(np.random.default_rng(0).integers(0, 255, (batch, size, size, 3), dtype=np.uint8))
     t0 = time.perf_counter()
-    model.detect(images)
+    results = model.detect(images)
     first_s = time.perf_counter() - t0
     times = []
     for _ in range(repeat):
@@ -96,7 +98,8 @@ def run_detect(backbone, size, batch, repeat):
     return {"build_s": round(build_s, 3), "first_call_s": round(first_s, 3),
             "steady_min_s": round(min(times), 3), "steady_median_s": round(statistics.median(times), 3),
             "images": batch, "proposals": config.POST_NMS_ROIS_INFERENCE,
-            "detections": config.DETECTION_MAX_INSTANCES}
+            "detections": config.DETECTION_MAX_INSTANCES,
+            "detections_returned_mean": float(np.mean([len(r["class_ids"]) for r in results]))}
 
 
 def run_train(size, batch, repeat):

@@ -228,10 +228,10 @@ class TrainingModel(keras.Model):
         losses = {name: tf.reduce_mean(outputs[name]) * self.loss_weights[name]
                   for name in LOSS_NAMES}
         total = tf.add_n(list(losses.values()))
-        decayed = [tf.reduce_sum(tf.square(w)) / tf.cast(tf.size(w), w.dtype)
-                   for w in self.trainable_weights if _is_decayed(w)]
-        if decayed and self.weight_decay:
-            total += self.weight_decay * tf.stop_gradient(tf.add_n(decayed))
+        decayed = [w for w in self.trainable_weights if _is_decayed(w)]
+        if decayed and self.weight_decay:   # reported here, its gradient added in train_step
+            total += self.weight_decay * tf.stop_gradient(tf.add_n(
+                [tf.reduce_sum(tf.square(w)) / tf.cast(tf.size(w), w.dtype) for w in decayed]))
         return total, losses
 
     def _report_losses(self, total, losses):
