@@ -19,12 +19,13 @@ and says whether both gave the same output bit for bit.
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+
+from bench_model import cpu_model  # noqa: E402  (stdlib only; this folder is on sys.path)
 
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
@@ -45,14 +46,6 @@ DETECTIONS = [  # name, batch, RoIs, NUM_CLASSES
     ("coco_1x1000x81", 1, 1000, 81),
     ("shapes_8x1000x4", 8, 1000, 4),
 ]
-
-
-def cpu_model():
-    try:
-        with open("/proc/cpuinfo") as f:
-            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.processor()
 
 
 # The former implementations (commit a189d66), as in tests/test_nms.py.

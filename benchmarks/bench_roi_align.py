@@ -13,22 +13,15 @@ Per grid, on the shapes sample's FastShapesConfig (lite backbone, 8 x 128 px):
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
+from bench_model import cpu_model  # noqa: E402  (stdlib only; this folder is on sys.path)
+
 GRIDS = {"matterport": (False, 1), "matterport_x2": (False, 2), "aligned_x2": (True, 2)}
-
-
-def cpu_model():
-    try:
-        with open("/proc/cpuinfo") as f:
-            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.processor()
 
 
 def median_time(fn, repeat):

@@ -13,22 +13,15 @@ quarter of them jittered copies of the GT, 56 x 56 mini-masks, 28 x 28 targets):
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
+from bench_model import cpu_model  # noqa: E402  (stdlib only; this folder is on sys.path)
+
 CASES = {"shapes_8x2000x10": (8, 2000, 10, 32), "defaults_2x2000x100": (2, 2000, 100, 200)}
-
-
-def cpu_model():
-    try:
-        with open("/proc/cpuinfo") as f:
-            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.processor()
 
 
 def old_layer_class():

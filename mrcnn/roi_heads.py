@@ -456,7 +456,6 @@ class DetectionLayer(GraphLayer):
         self.detection_class_mode = mode
 
     def call(self, inputs):
-
         rois, probs, deltas = (tf.cast(t, tf.float32) for t in inputs[:3])
         meta = parse_image_meta_graph(inputs[3])
         window = norm_boxes_graph(meta["window"], meta["image_shape"][0][:2])
