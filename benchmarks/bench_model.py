@@ -9,7 +9,7 @@ scores, DETECTION_CLASS_MODE "per_class": every image gets DETECTION_MAX_INSTANC
   detect_r50_8x128: 8 images in one call (BATCH_SIZE 8). First call (trace + run) and
   steady state (median of --repeat).
   train_r50_8x128, train_r50_2x1024: one SGD step on the shapes sample's images
-  (samples/shapes), and the time data preparation takes per batch, side by side.
+  (samples/shapes); benchmarks/bench_pipeline.py measures the input pipeline beside it.
 Each case runs in a fresh process so its peak RSS (ru_maxrss) is its own. TensorFlow runs
 with --threads intra-op and inter-op threads (default: the CPU count).
 benchmarks/peer_torchvision.py runs the same cases on torchvision, and both side by side.
@@ -105,7 +105,7 @@ def run_detect(backbone, size, batch, repeat):
 def run_train(size, batch, repeat):
     import numpy as np
     from mrcnn import model as modellib
-    from mrcnn.data import MaskRCNNSequence
+    from mrcnn.pipeline import training_dataset
     from samples.shapes.shapes import make_dataset
 
     config = make_config("resnet50", size, batch, "training")
@@ -113,31 +113,25 @@ def run_train(size, batch, repeat):
     model = modellib.MaskRCNN("training", config, "/tmp/mrcnn-bench")
     model.set_trainable(".*", verbose=0)
     model.compile(config.LEARNING_RATE, config.LEARNING_MOMENTUM)
-    seq = MaskRCNNSequence(ds, config, shuffle=False)
-    prep = []
-    batches = []
-    for i in range(repeat + 1):
+    pipeline = iter(training_dataset(ds, config, shuffle=False, steps=repeat + 1, workers=1))
+    prep, batches = [], []
+    for _ in range(repeat + 1):   # one loading thread, run ahead of nothing: its own cost
         t0 = time.perf_counter()
-        batches.append(seq[i])
+        batches.append(next(pipeline))
         prep.append(time.perf_counter() - t0)
     km = model.keras_model
     t0 = time.perf_counter()
-    km.train_on_batch(*_fit_args(batches[0]))
+    km.train_on_batch(batches[0])
     first_s = time.perf_counter() - t0
     times = []
     for b in batches[1:]:
         t0 = time.perf_counter()
-        km.train_on_batch(*_fit_args(b))
+        km.train_on_batch(b)
         times.append(time.perf_counter() - t0)
     return {"first_step_s": round(first_s, 3), "step_min_s": round(min(times), 3),
             "step_median_s": round(statistics.median(times), 3),
             "data_prep_per_batch_median_s": round(statistics.median(prep), 3),
             "batch": batch, "image": size, "rois_per_image": config.TRAIN_ROIS_PER_IMAGE}
-
-
-def _fit_args(batch):
-    """PyDataset items are (inputs,) or inputs; train_on_batch takes x."""
-    return (batch[0],) if isinstance(batch, tuple) and len(batch) == 1 else (batch,)
 
 
 def run_case(case, repeat, threads):

@@ -42,7 +42,7 @@ def main():
     import numpy as np
     import tensorflow as tf
     from mrcnn import model as modellib
-    from mrcnn.data import MaskRCNNSequence
+    from mrcnn.pipeline import training_dataset
     from mrcnn.roi_heads import PyramidROIAlign
     from samples.shapes.shapes import FastShapesConfig, make_dataset, TRAIN_SEED
 
@@ -77,15 +77,15 @@ def main():
                                                      "SEED": 0})()
         model = modellib.MaskRCNN("training", config, "/tmp/mrcnn-bench")
         model.compile(1e-4, config.LEARNING_MOMENTUM)
-        batch = MaskRCNNSequence(make_dataset(16, config, TRAIN_SEED), config, seed=0)[0]
+        batch = next(iter(training_dataset(make_dataset(16, config, TRAIN_SEED), config, seed=0)))
         models[name] = (model.keras_model, batch)
     times = {name: [] for name in models}
     for name, (keras_model, batch) in models.items():
-        keras_model.train_on_batch(*batch)  # trace
+        keras_model.train_on_batch(batch)  # trace
     for _ in range(args.repeat):
         for name, (keras_model, batch) in models.items():
             t0 = time.perf_counter()
-            keras_model.train_on_batch(*batch)
+            keras_model.train_on_batch(batch)
             times[name].append(time.perf_counter() - t0)
     for name, values in times.items():
         print(json.dumps({"case": "train_step_8x128", "grid": name,

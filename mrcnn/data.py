@@ -7,20 +7,17 @@ randomness, so `np.random.seed` makes a run repeatable). Where matterport
 crashed, looped forever or returned wrong values the docstring says what is
 done instead.
 
-Two ways to feed `keras.Model.fit`:
-- `data_generator(...)`: matterport's endless Python generator;
-- `MaskRCNNSequence(...)`: a `keras.utils.PyDataset` with the same batches by
-  index, loaded by worker threads (`workers=N`), reshuffled every epoch, and
-  repeatable with a `seed` whatever the number of workers.
+`data_generator(...)` is matterport's endless Python generator of batches;
+`train()` feeds the model from the tf.data pipeline of `mrcnn.pipeline`,
+built on the same per-image code. Random draws take an optional `rng` (a
+np.random.RandomState) so the pipeline's threads can each draw repeatably.
 """
 
 import logging
-import math
 import random
 import threading
 import warnings
 
-import keras
 import numpy as np
 
 from mrcnn import utils
@@ -34,14 +31,22 @@ logger = logging.getLogger(__name__)
 MASK_AUGMENTERS = ("Sequential", "SomeOf", "OneOf", "Sometimes", "Fliplr", "Flipud",
                    "CropAndPad", "Affine", "PiecewiseAffine")
 
+# Held while a seeded augmentation callable runs on the process-wide np.random and random.
+_GLOBAL_RNG = threading.Lock()
+
+
+def _rng(rng):
+    """The source of random draws: `rng`, or the global np.random (matterport's) when None."""
+    return np.random if rng is None else rng
+
+
 class TrainingShapeError(ValueError):
     """A training image's molded size differs from the IMAGE_SHAPE the training
     graph (anchors, RPN targets) is built for: a configuration error, raised at
     once rather than skipped like an image that fails to load."""
 
 
-# Images that may fail to load in a row (data_generator) or within one batch
-# (MaskRCNNSequence), each logged and replaced, before the error is raised.
+# Images that may fail to load in a row, each logged and skipped, before the error is raised.
 MAX_CONSECUTIVE_ERRORS = 5
 
 
@@ -119,7 +124,7 @@ def compute_anchors(config, image_shape):
 ############################################################
 
 def load_image_gt(dataset, config, image_id, augmentation=None, use_mini_mask=None, *,
-                  augment=False):
+                  augment=False, rng=None):
     """Load an image and its instances, resized and augmented for training.
 
     augmentation: an imgaug augmenter (anything with `to_deterministic`) or a
@@ -129,6 +134,9 @@ def load_image_gt(dataset, config, image_id, augmentation=None, use_mini_mask=No
     use_mini_mask: None means config.USE_MINI_MASK (matterport's default was
         False).
     augment: deprecated, a random horizontal flip; use `augmentation`.
+    rng: a np.random.RandomState for the random draws (crop, flip, the
+        augmentation's seed; see `_augment`); None means the global np.random
+        and random, as matterport.
 
     The image is brought to config.IMAGE_CHANNEL_COUNT channels by
     `dataset.to_channels`: RGB uint8 for 3, RGB from load_image turned gray for
@@ -152,17 +160,17 @@ def load_image_gt(dataset, config, image_id, augmentation=None, use_mini_mask=No
     original_shape = image.shape
     image, window, scale, padding, crop = utils.resize_image(
         image, min_dim=config.IMAGE_MIN_DIM, min_scale=config.IMAGE_MIN_SCALE,
-        max_dim=config.IMAGE_MAX_DIM, mode=config.IMAGE_RESIZE_MODE)
+        max_dim=config.IMAGE_MAX_DIM, mode=config.IMAGE_RESIZE_MODE, rng=rng)
     mask = utils.resize_mask(mask, scale, padding, crop)
 
     if augment:
         warnings.warn("load_image_gt: 'augment' is deprecated; use 'augmentation', e.g. "
                       "lambda image, masks: (image[:, ::-1], masks[:, ::-1]).", FutureWarning,
                       stacklevel=2)
-        if np.random.randint(2):
+        if _rng(rng).randint(2):
             image, mask = np.fliplr(image), np.fliplr(mask)
     if augmentation is not None:
-        image, mask = _augment(image, mask, augmentation, image_id)
+        image, mask = _augment(image, mask, augmentation, image_id, rng)
 
     keep = np.any(mask, axis=(0, 1))
     mask, class_ids = mask[:, :, keep], class_ids[keep]
@@ -227,9 +235,16 @@ def _checked_mask(mask, class_ids, image, image_id, config):
     return mask.astype(bool), class_ids
 
 
-def _augment(image, mask, augmentation, image_id):
-    """Apply an imgaug augmenter or an `(image, masks)` callable to an image and its masks."""
+def _augment(image, mask, augmentation, image_id, rng=None):
+    """Apply an imgaug augmenter or an `(image, masks)` callable to an image and its masks.
+
+    With `rng` (a np.random.RandomState) the draws are repeatable and may run
+    in parallel threads: an imgaug augmenter runs as a deterministic copy
+    seeded from rng; a callable runs under a lock with np.random and random
+    seeded from rng (it may use either).
+    """
     shape, count = image.shape, mask.shape[-1]
+    seed = None if rng is None else int(rng.randint(2 ** 31))
     if hasattr(augmentation, "to_deterministic"):
         import imgaug  # optional dependency, already imported by whoever built the augmenter
 
@@ -238,12 +253,20 @@ def _augment(image, mask, augmentation, image_id):
             return augmenter.__class__.__name__ in MASK_AUGMENTERS
 
         det = augmentation.to_deterministic()
+        if seed is not None:
+            det.seed_(seed, deterministic_too=True)
         image = det.augment_image(image)
         if count:
             mask = det.augment_image(mask.astype(np.uint8),
                                      hooks=imgaug.HooksImages(activator=mask_safe))
     elif callable(augmentation):
-        image, mask = augmentation(image, mask)
+        if seed is None:
+            image, mask = augmentation(image, mask)
+        else:
+            with _GLOBAL_RNG:
+                np.random.seed(seed)
+                random.seed(seed)
+                image, mask = augmentation(image, mask)
         image, mask = np.asarray(image), np.asarray(mask)
     else:
         raise ValueError(f"augmentation must be an imgaug augmenter or a callable "
@@ -263,7 +286,7 @@ def _augment(image, mask, augmentation, image_id):
 #  Targets
 ############################################################
 
-def build_rpn_targets(image_shape, anchors, gt_class_ids, gt_boxes, config):
+def build_rpn_targets(image_shape, anchors, gt_class_ids, gt_boxes, config, rng=None):
     """RPN training targets: anchor matches and the deltas of positive anchors.
 
     anchors: [A, (y1, x1, y2, x2)] pixels; gt_boxes: [N, (y1, x1, y2, x2)].
@@ -315,11 +338,11 @@ def build_rpn_targets(image_shape, anchors, gt_class_ids, gt_boxes, config):
     ids = np.where(rpn_match == 1)[0]
     extra = len(ids) - config.RPN_TRAIN_ANCHORS_PER_IMAGE // 2
     if extra > 0:
-        rpn_match[np.random.choice(ids, extra, replace=False)] = 0
+        rpn_match[_rng(rng).choice(ids, extra, replace=False)] = 0
     ids = np.where(rpn_match == -1)[0]
     extra = len(ids) - (config.RPN_TRAIN_ANCHORS_PER_IMAGE - np.sum(rpn_match == 1))
     if extra > 0:
-        rpn_match[np.random.choice(ids, extra, replace=False)] = 0
+        rpn_match[_rng(rng).choice(ids, extra, replace=False)] = 0
 
     # Deltas from each positive anchor to its closest GT box (computed in
     # float64 like matterport, not with the float32 utils.box_refinement).
@@ -340,12 +363,13 @@ def build_rpn_targets(image_shape, anchors, gt_class_ids, gt_boxes, config):
     return rpn_match, rpn_bbox
 
 
-def generate_random_rois(image_shape, count, gt_class_ids, gt_boxes):
+def generate_random_rois(image_shape, count, gt_class_ids, gt_boxes, rng=None):
     """`count` random RoIs [count, (y1, x1, y2, x2)] int32, standing in for RPN proposals.
 
     90% are spread over the GT boxes, each drawn inside its box grown by its
     own size on every side; the rest lie anywhere in the image. All have
-    non-zero height and width.
+    non-zero height and width. rng: a np.random.RandomState, or None for the
+    global np.random.
     """
     gt_boxes = np.asarray(gt_boxes)
     if gt_boxes.shape[0] == 0:
@@ -358,17 +382,17 @@ def generate_random_rois(image_shape, count, gt_class_ids, gt_boxes):
         h, w = y2 - y1, x2 - x1
         rois[per_box * i:per_box * (i + 1)] = _random_boxes(
             max(y1 - h, 0), min(y2 + h, image_shape[0]),
-            max(x1 - w, 0), min(x2 + w, image_shape[1]), per_box)
+            max(x1 - w, 0), min(x2 + w, image_shape[1]), per_box, rng)
     remaining = count - per_box * gt_boxes.shape[0]
-    rois[-remaining:] = _random_boxes(0, image_shape[0], 0, image_shape[1], remaining)
+    rois[-remaining:] = _random_boxes(0, image_shape[0], 0, image_shape[1], remaining, rng)
     return rois
 
 
-def _random_boxes(y_lo, y_hi, x_lo, x_hi, n):
+def _random_boxes(y_lo, y_hi, x_lo, x_hi, n, rng=None):
     """n boxes with corners drawn in [lo, hi), zero-size draws rejected (matterport's sampling)."""
     while True:
-        ys = np.random.randint(y_lo, y_hi, (n * 2, 2))
-        xs = np.random.randint(x_lo, x_hi, (n * 2, 2))
+        ys = _rng(rng).randint(y_lo, y_hi, (n * 2, 2))
+        xs = _rng(rng).randint(x_lo, x_hi, (n * 2, 2))
         ys = ys[ys[:, 0] != ys[:, 1]][:n]
         xs = xs[xs[:, 0] != xs[:, 1]][:n]
         if ys.shape[0] == n and xs.shape[0] == n:
@@ -463,7 +487,7 @@ def build_detection_targets(rpn_rois, gt_class_ids, gt_boxes, gt_masks, config):
 ############################################################
 
 def _load_sample(dataset, config, image_id, anchors, augmentation, random_rois,
-                 detection_targets, augment=False):
+                 detection_targets, augment=False, rng=None):
     """One image's training arrays, or None when it has no (non-crowd) instance.
 
     An image whose image_info has a true "train_empty" (what the loaders of
@@ -471,11 +495,11 @@ def _load_sample(dataset, config, image_id, anchors, augmentation, random_rois,
     as pure background: all its RPN anchors are negatives, and the RoI heads
     get no sample from it (the RoI sampler takes negatives in proportion to
     positives, as matterport's does). Not with `random_rois`, which are
-    drawn around GT boxes.
+    drawn around GT boxes. rng: see `load_image_gt`.
     """
     image, image_meta, gt_class_ids, gt_boxes, gt_masks = load_image_gt(
         dataset, config, image_id, augmentation=augmentation,
-        use_mini_mask=config.USE_MINI_MASK, augment=augment)
+        use_mini_mask=config.USE_MINI_MASK, augment=augment, rng=rng)
     if image.shape[:2] != tuple(config.IMAGE_SHAPE[:2]):
         h, w = config.IMAGE_SHAPE[:2]
         raise TrainingShapeError(
@@ -488,19 +512,31 @@ def _load_sample(dataset, config, image_id, anchors, augmentation, random_rois,
     if not np.any(gt_class_ids > 0) and (
             random_rois or not dataset.image_info[image_id].get("train_empty")):
         return None
-    rpn_match, rpn_bbox = build_rpn_targets(image.shape, anchors, gt_class_ids, gt_boxes, config)
+    rpn_match, rpn_bbox = build_rpn_targets(image.shape, anchors, gt_class_ids, gt_boxes, config,
+                                            rng=rng)
     extra = []
     if random_rois:
-        rpn_rois = generate_random_rois(image.shape, random_rois, gt_class_ids, gt_boxes)
+        rpn_rois = generate_random_rois(image.shape, random_rois, gt_class_ids, gt_boxes, rng)
         extra.append(rpn_rois)
         if detection_targets:
             extra.extend(build_detection_targets(rpn_rois, gt_class_ids, gt_boxes, gt_masks,
                                                  config))
     if gt_boxes.shape[0] > config.MAX_GT_INSTANCES:
-        ids = np.random.choice(np.arange(gt_boxes.shape[0]), config.MAX_GT_INSTANCES,
+        ids = _rng(rng).choice(np.arange(gt_boxes.shape[0]), config.MAX_GT_INSTANCES,
                                replace=False)
         gt_class_ids, gt_boxes, gt_masks = gt_class_ids[ids], gt_boxes[ids], gt_masks[:, :, ids]
     return [image, image_meta, rpn_match, rpn_bbox, gt_class_ids, gt_boxes, gt_masks] + extra
+
+
+def _pad_instances(class_ids, boxes, masks, max_gt):
+    """One image's instances zero padded to `max_gt`: class ids [G] int32, boxes [G, 4] int32,
+    masks [h, w, G] bool."""
+    count = class_ids.shape[0]
+    padded_ids = np.zeros((max_gt,), dtype=np.int32)
+    padded_boxes = np.zeros((max_gt, 4), dtype=np.int32)
+    padded_masks = np.zeros(masks.shape[:2] + (max_gt,), dtype=bool)
+    padded_ids[:count], padded_boxes[:count], padded_masks[:, :, :count] = class_ids, boxes, masks
+    return padded_ids, padded_boxes, padded_masks
 
 
 def _collate(samples, config):
@@ -509,15 +545,8 @@ def _collate(samples, config):
     if len(shapes) > 1:
         raise ValueError(f"Images of one batch have different shapes {sorted(shapes)}. Use "
                          "IMAGE_RESIZE_MODE 'square' or 'crop', or a batch size of 1.")
-    n, max_gt = len(samples), config.MAX_GT_INSTANCES
-    gt_class_ids = np.zeros((n, max_gt), dtype=np.int32)
-    gt_boxes = np.zeros((n, max_gt, 4), dtype=np.int32)
-    gt_masks = np.zeros((n,) + samples[0][6].shape[:2] + (max_gt,), dtype=bool)
-    for b, s in enumerate(samples):
-        count = s[4].shape[0]
-        gt_class_ids[b, :count] = s[4]
-        gt_boxes[b, :count] = s[5]
-        gt_masks[b, :, :, :count] = s[6]
+    gt_class_ids, gt_boxes, gt_masks = (np.stack(v) for v in zip(*(
+        _pad_instances(s[4], s[5], s[6], config.MAX_GT_INSTANCES) for s in samples)))
     inputs = [
         np.stack([mold_image(s[0], config) for s in samples]).astype(np.float32),
         np.stack([s[1] for s in samples]).astype(np.float64),
@@ -605,119 +634,3 @@ def data_generator(dataset, config, shuffle=True, augment=False, augmentation=No
         if len(samples) == batch_size:
             yield _collate(samples, config)
             samples = []
-
-
-# Seeded batches set the process-wide RNGs (numpy, random, the augmenter's),
-# so seeded workers load one batch at a time.
-_SEEDED_LOAD = threading.Lock()
-
-
-class MaskRCNNSequence(keras.utils.PyDataset):
-    """Training batches by index for `keras.Model.fit`, loaded by worker threads.
-
-    Item i is `(inputs,)`, or `(inputs, outputs)` with detection_targets,
-    with the tuples of `data_generator`, so `fit` calls `train_step` with
-    `data = (inputs,)` and no targets. `len()` is `steps` (default: enough
-    batches to cover the dataset once); the image order is a concatenation of
-    permutations of the dataset, reshuffled by `on_epoch_end` when `shuffle`.
-    An image without instances (unless its image_info has "train_empty", see
-    `_load_sample`), or one that fails to load (logged with its traceback),
-    is replaced by the next image in the order, so every batch is full;
-    more than MAX_CONSECUTIVE_ERRORS failures in one batch raise the error,
-    and an image of the wrong size (`TrainingShapeError`) raises at once.
-    Worker threads (`workers=N`, `use_multiprocessing=False`) never
-    hang on Windows as processes can.
-
-    seed: with an integer, the order of each epoch and every random draw of
-    batch i in epoch e (crops, augmentation with an imgaug augmenter or a
-    callable using np.random/random, anchor and RoI sampling) come from
-    (seed, e, i), so batches repeat exactly whatever the number of workers
-    (they then load one batch at a time). `epoch` is the first epoch's number.
-    """
-
-    def __init__(self, dataset, config, shuffle=True, augmentation=None,
-                 no_augmentation_sources=None, random_rois=0, detection_targets=False,
-                 batch_size=None, steps=None, workers=1, use_multiprocessing=False,
-                 max_queue_size=10, seed=None, epoch=0):
-        super().__init__(workers=workers, use_multiprocessing=use_multiprocessing,
-                         max_queue_size=max_queue_size)
-        self.dataset = dataset
-        self.config = config
-        self.shuffle = shuffle
-        self.augmentation = augmentation
-        self.no_augmentation_sources = set(no_augmentation_sources or [])
-        self.random_rois = random_rois
-        self.detection_targets = detection_targets
-        self.batch_size = batch_size or config.BATCH_SIZE
-        self.seed = seed
-        self.epoch = epoch
-        _check_dataset(dataset, config)
-        self.image_ids = np.copy(dataset.image_ids)
-        self.steps = steps or math.ceil(len(self.image_ids) / self.batch_size)
-        self.anchors = compute_anchors(config, config.IMAGE_SHAPE)
-        self._order = self._new_order()
-
-    def _new_order(self):
-        """Image ids for every batch position: whole permutations of the dataset, concatenated."""
-        passes = math.ceil(self.steps * self.batch_size / len(self.image_ids))
-        if not self.shuffle:
-            return np.concatenate([self.image_ids] * passes)
-        rng = np.random if self.seed is None else np.random.default_rng([self.seed, self.epoch])
-        return np.concatenate([rng.permutation(self.image_ids) for _ in range(passes)])
-
-    def __len__(self):
-        return self.steps
-
-    def __getitem__(self, idx):
-        if not 0 <= idx < self.steps:
-            raise IndexError(f"batch {idx} out of range (len {self.steps})")
-        if self.seed is None:
-            return self._batch(idx)
-        with _SEEDED_LOAD:
-            entropy = np.random.SeedSequence([self.seed, self.epoch, idx]).generate_state(2)
-            np.random.seed(int(entropy[0]))
-            random.seed(int(entropy[1]))
-            if hasattr(self.augmentation, "seed_"):  # imgaug augmenters carry their own RNG
-                self.augmentation.seed_(int(entropy[1]))
-            return self._batch(idx)
-
-    def _batch(self, idx):
-        order = self._order
-        samples, errors, pos = [], 0, idx * self.batch_size
-        last = pos + 2 * len(self.image_ids) + self.batch_size  # spans a whole permutation
-        while len(samples) < self.batch_size:
-            if pos >= last:
-                raise ValueError("MaskRCNNSequence: no image of the dataset has instances "
-                                 "(check load_mask and the class ids).")
-            image_id = order[pos % len(order)]
-            pos += 1
-            plain = self.dataset.image_info[image_id]["source"] in self.no_augmentation_sources
-            try:
-                sample = _load_sample(self.dataset, self.config, image_id, self.anchors,
-                                      None if plain else self.augmentation, self.random_rois,
-                                      self.detection_targets)
-            except TrainingShapeError:
-                raise
-            except Exception as e:
-                errors += 1
-                logger.error("Error processing image %s; replaced by another image.",
-                             _describe(self.dataset, image_id), exc_info=True)
-                if errors > MAX_CONSECUTIVE_ERRORS:
-                    e.add_note(f"MaskRCNNSequence: {errors} images of batch {idx} failed to "
-                               "load; the last error is raised.")
-                    raise
-                continue
-            if sample is None:
-                logger.warning("Image %s has no instances; replaced by another image.",
-                               _describe(self.dataset, image_id))
-                continue
-            samples.append(sample)
-        inputs, outputs = _collate(samples, self.config)
-        # gt_masks as uint8: under tf.distribute, Keras reduces the first batch and cannot reduce bools.
-        inputs[6] = inputs[6].view(np.uint8)
-        return (tuple(inputs), tuple(outputs)) if outputs else (tuple(inputs),)
-
-    def on_epoch_end(self):
-        self.epoch += 1
-        if self.shuffle:
-            self._order = self._new_order()

@@ -21,7 +21,7 @@ import tensorflow as tf
 from mrcnn import utils
 from mrcnn.backbone import BatchNorm, compute_backbone_shapes, resnet_graph  # noqa: F401
 from mrcnn.data import (  # noqa: F401
-    MaskRCNNSequence, build_detection_targets, build_rpn_targets, compose_image_meta,
+    build_detection_targets, build_rpn_targets, compose_image_meta,
     compute_anchors, data_generator, generate_random_rois, load_image_gt, mold_image,
     parse_image_meta, unmold_image)
 from mrcnn.dataset import to_channels
@@ -29,6 +29,7 @@ from mrcnn.export import export_saved_model
 from mrcnn.graph import build_inference_model, build_training_model
 from mrcnn.graph_utils import parse_image_meta_graph  # noqa: F401
 from mrcnn.imagenet import RESNET50_IMAGENET_URL, RESNET101_IMAGENET_URL, imagenet_weights  # noqa: F401
+from mrcnn.pipeline import _pipeline
 from mrcnn.roi_heads import (  # noqa: F401
     DetectionLayer, DetectionTargetLayer, PyramidROIAlign, build_fpn_mask_graph,
     fpn_classifier_graph, mrcnn_bbox_loss_graph, mrcnn_class_loss_graph, mrcnn_mask_loss_graph)
@@ -269,15 +270,21 @@ class MaskRCNN:
               verbose="auto"):
         """Train the layers selected by `layers` up to epoch `epochs` (a total, not a count).
 
+        train_dataset, val_dataset: prepared `utils.Dataset`s, fed through
+        `mrcnn.pipeline.training_dataset` (`workers` images loaded in parallel
+        while the previous step runs); or a ready `tf.data.Dataset` of batches
+        (dicts keyed by input name, see `pipeline.batch_spec`), or a
+        `dataset_fn(input_context)` returning one (see `pipeline.dataset_fn`),
+        which the strategy calls once per input pipeline. val_dataset may be None.
         layers: "heads", "3+", "4+", "5+", "all", or a regex over layer names.
-        augmentation: an imgaug augmenter or a callable (image, masks) -> (image, masks).
-        Batches are prepared by `workers` threads while the previous step runs.
+        augmentation: an imgaug augmenter or a callable (image, masks) -> (image, masks),
+        for a `utils.Dataset` (augment a ready tf.data pipeline inside it).
         verbose: Keras' progress display (0 for none, e.g. when a callback reports).
         Writes TensorBoard logs and one checkpoint per epoch to `self.log_dir`.
         With USE_RPN_ROIS False the heads train on POST_NMS_ROIS_TRAINING random
         RoIs around the GT boxes (`generate_random_rois`) instead of proposals.
-        With config.SEED set, the batches of each epoch are repeatable (see
-        MaskRCNNSequence); so is the whole run on one device, TensorFlow's
+        With config.SEED set, each epoch's batches are a function of (SEED, epoch)
+        (see mrcnn.pipeline); so is the whole run on one device, TensorFlow's
         random ops being seeded when the model is built.
         """
         if self.mode != "training":
@@ -285,16 +292,34 @@ class MaskRCNN:
         layers = LAYER_PRESETS.get(layers, layers)
         config = self.config
         random_rois = 0 if config.USE_RPN_ROIS else config.POST_NMS_ROIS_TRAINING
-        train_seq = MaskRCNNSequence(train_dataset, config, shuffle=True, augmentation=augmentation,
-                                     no_augmentation_sources=no_augmentation_sources,
-                                     random_rois=random_rois, steps=config.STEPS_PER_EPOCH,
-                                     workers=workers, seed=config.SEED, epoch=self.epoch)
-        val_seq = None
+        loaders = []
+
+        def feed(data, name, **kwargs):
+            """The fit() input for a utils.Dataset, a tf.data.Dataset or a dataset_fn."""
+            if isinstance(data, tf.data.Dataset):
+                return data
+            if hasattr(data, "image_info"):
+                dataset, loader = _pipeline(data, config, shuffle=True, random_rois=random_rois,
+                                            workers=workers, epoch=self.epoch, **kwargs)
+                loaders.append(loader)
+                return dataset
+            if callable(data):
+                return self._strategy.distribute_datasets_from_function(data)
+            raise ValueError(f"train(): {name} is a {type(data).__name__}; pass a prepared "
+                             "utils.Dataset, a tf.data.Dataset of batches, or a function "
+                             "input_context -> tf.data.Dataset.")
+
+        if (augmentation is not None or no_augmentation_sources) and not hasattr(
+                train_dataset, "image_info"):
+            raise ValueError("train(): augmentation and no_augmentation_sources apply to a "
+                             "utils.Dataset; augment a tf.data pipeline inside it.")
+        train_data = feed(train_dataset, "train_dataset", augmentation=augmentation,
+                          no_augmentation_sources=no_augmentation_sources,
+                          steps=config.STEPS_PER_EPOCH, seed=config.SEED)
+        val_data = None
         if val_dataset is not None and config.VALIDATION_STEPS > 0:
-            val_seq = MaskRCNNSequence(val_dataset, config, shuffle=True, random_rois=random_rois,
-                                       steps=config.VALIDATION_STEPS, workers=workers,
-                                       seed=None if config.SEED is None else config.SEED + 1,
-                                       epoch=self.epoch)
+            val_data = feed(val_dataset, "val_dataset", steps=config.VALIDATION_STEPS,
+                            seed=None if config.SEED is None else config.SEED + 1)
 
         os.makedirs(self.log_dir, exist_ok=True)
         callbacks = [_StopOnNaN(self.log_dir),
@@ -312,11 +337,17 @@ class MaskRCNN:
         tf.get_logger().addFilter(retrace_filter)
         try:
             history = self.keras_model.fit(
-                train_seq, initial_epoch=self.epoch, epochs=epochs,
+                train_data, initial_epoch=self.epoch, epochs=epochs,
                 steps_per_epoch=self.config.STEPS_PER_EPOCH, callbacks=callbacks,
-                validation_data=val_seq,
-                validation_steps=self.config.VALIDATION_STEPS if val_seq else None,
-                verbose=verbose)
+                validation_data=val_data,
+                validation_steps=self.config.VALIDATION_STEPS if val_data else None,
+                shuffle=False, verbose=verbose)   # the pipeline shuffles
+        except tf.errors.OpError:
+            # A loading error stops the pipeline inside TensorFlow: raise the user's own error.
+            for loader in loaders:
+                if loader.error is not None:
+                    raise loader.error from None
+            raise
         finally:
             tf.get_logger().removeFilter(retrace_filter)
         self.epoch = max(self.epoch, epochs)

@@ -158,7 +158,7 @@ def resize(image, output_shape, order=1, mode="constant", cval=0, clip=True,
         anti_aliasing_sigma=anti_aliasing_sigma)
 
 
-def resize_image(image, min_dim=None, max_dim=None, min_scale=None, mode="square"):
+def resize_image(image, min_dim=None, max_dim=None, min_scale=None, mode="square", *, rng=None):
     """Resize an image keeping its aspect ratio; returns image, window, scale, padding, crop.
 
     mode:
@@ -168,7 +168,9 @@ def resize_image(image, min_dim=None, max_dim=None, min_scale=None, mode="square
       "pad64":  scale up to min_dim / min_scale, then zero-pad each side to a
                 multiple of 64 (max_dim is ignored).
       "crop":   scale up to min_dim / min_scale, then take a random
-                min_dim x min_dim crop (training only).
+                min_dim x min_dim crop (training only), its corner drawn by
+                Python's `random` (as matterport) or by `rng`, a
+                np.random.RandomState, when given.
     The image is scaled up, never down, to reach min_dim. window is the
     (y1, x1, y2, x2) of the image inside the padded result; padding is
     [(top, bottom), (left, right), (0, 0)]; crop is (y, x, h, w) or None.
@@ -219,8 +221,11 @@ def resize_image(image, min_dim=None, max_dim=None, min_scale=None, mode="square
         window = (top_pad, left_pad, h + top_pad, w + left_pad)
     else:  # crop
         h, w = image.shape[:2]
-        y = random.randint(0, (h - min_dim))
-        x = random.randint(0, (w - min_dim))
+        if rng is None:
+            y = random.randint(0, (h - min_dim))
+            x = random.randint(0, (w - min_dim))
+        else:
+            y, x = (int(v) for v in rng.randint(0, (h - min_dim + 1, w - min_dim + 1)))
         crop = (y, x, min_dim, min_dim)
         image = image[y:y + min_dim, x:x + min_dim]
         window = (0, 0, min_dim, min_dim)

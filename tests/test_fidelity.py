@@ -341,15 +341,26 @@ def test_same_seed_gives_identical_losses_and_weights(tmp_path):
     assert not all(np.array_equal(a, c) for a, c in zip(weights_a, weights_c))
 
 
-def test_seeded_sequence_batches_do_not_depend_on_load_order():
-    from mrcnn.data import MaskRCNNSequence
+def test_seeded_pipeline_batches_do_not_depend_on_workers_or_earlier_epochs():
+    """Per-image generators seeded by (SEED, epoch, position): the same batches with 1 or 4
+    loading threads, and epoch 2 the same whether the pipeline starts there or at epoch 0."""
+    from mrcnn.pipeline import training_dataset
     config = make_config(IMAGE_RESIZE_MODE="crop", IMAGE_MIN_DIM=128, IMAGE_MAX_DIM=256)
     dataset = shapes(10, size=160)
-    forward = MaskRCNNSequence(dataset, config, steps=4, seed=3, augmentation=_flip_sometimes)
-    backward = MaskRCNNSequence(dataset, config, steps=4, seed=3, augmentation=_flip_sometimes)
-    batches = [forward[i] for i in range(4)]
-    for i in reversed(range(4)):
-        for a, b in zip(batches[i][0], backward[i][0]):
-            np.testing.assert_array_equal(a, b)
-    forward.on_epoch_end()
-    assert not np.array_equal(forward[0][0][0], batches[0][0][0])   # a new epoch, new batches
+
+    def batches(workers, epoch, count):
+        pipeline = training_dataset(dataset, config, steps=2, seed=3, epoch=epoch,
+                                    workers=workers, augmentation=_flip_sometimes)
+        return [{k: v.numpy() for k, v in b.items()} for b in pipeline.take(count)]
+
+    one, four = batches(1, 0, 6), batches(4, 0, 6)
+    from_epoch_2 = batches(2, 2, 2)
+    for a, b in zip(one, four):
+        for name in a:
+            np.testing.assert_array_equal(a[name], b[name])
+    for a, b in zip(one[4:], from_epoch_2):
+        for name in a:
+            np.testing.assert_array_equal(a[name], b[name])
+    assert not np.array_equal(one[0]["input_image"], one[2]["input_image"])   # a new epoch, new batches
+    other_seed = training_dataset(dataset, config, steps=2, seed=4, augmentation=_flip_sometimes)
+    assert not np.array_equal(next(iter(other_seed))["input_image"].numpy(), one[0]["input_image"])

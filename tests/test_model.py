@@ -50,19 +50,19 @@ def fixed_batch_losses(model, dataset, tmp_dir):
     and run in training mode (BatchNorm on batch statistics, as in training).
     """
     import keras
-    from mrcnn.data import MaskRCNNSequence
+    from mrcnn.pipeline import training_dataset
     from mrcnn.weights import save_weights_by_name
     path = os.path.join(tmp_dir, "eval.h5")
     save_weights_by_name(model.keras_model, path)
     evaluator = modellib.MaskRCNN("training", FixedRoIConfig(), tmp_dir)
     evaluator.load_weights(path, by_name=True)
     keras.utils.set_random_seed(123)
-    seq = MaskRCNNSequence(dataset, evaluator.config, shuffle=False, steps=4,
-                           random_rois=FixedRoIConfig.POST_NMS_ROIS_TRAINING)
+    batches = training_dataset(dataset, evaluator.config, shuffle=False, steps=4, seed=123,
+                               random_rois=FixedRoIConfig.POST_NMS_ROIS_TRAINING).take(4)
     km = evaluator.keras_model
     values = {name: [] for name in LOSSES}
-    for i in range(len(seq)):
-        outputs = dict(zip(km.output_names, km(list(seq[i][0]), training=True)))
+    for batch in batches:
+        outputs = dict(zip(km.output_names, km(batch, training=True)))
         for name in LOSSES:
             values[name].append(float(np.mean(outputs[name])))
     return {name: float(np.mean(v)) for name, v in values.items()}
