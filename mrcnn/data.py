@@ -432,16 +432,21 @@ def _anchor_grid(anchors, config, image_shape):
     pyramid = compute_anchors(config, image_shape)
     if anchors is not pyramid and not np.array_equal(anchors, pyramid):
         return None
-    index = np.arange(start)
-    grid = []
-    for start, rows, cols, per_cell, step in levels:
-        ids = index[start:start + rows * cols * per_cell].reshape(rows, cols, per_cell)
-        for k in range(per_cell if rows * cols else 0):
-            grid.append((ids[:, :, k], step, *anchors[start + k].tolist()))
-    # The argument of _rpn_match needs anchors of positive area.
-    if not all(y2 > y1 and x2 > x1 for _, _, y1, x1, y2, x2 in grid):
-        return None
-    return grid
+    if id(pyramid) not in _ANCHOR_GRIDS:  # the pyramid stays in compute_anchors' cache
+        index = np.arange(start)
+        grid = []
+        for start, rows, cols, per_cell, step in levels:
+            ids = index[start:start + rows * cols * per_cell].reshape(rows, cols, per_cell)
+            for k in range(per_cell if rows * cols else 0):
+                grid.append((ids[:, :, k], step, *pyramid[start + k].tolist()))
+        # The argument of _rpn_match needs anchors of positive area.
+        if not all(y2 > y1 and x2 > x1 for _, _, y1, x1, y2, x2 in grid):
+            grid = None
+        _ANCHOR_GRIDS[id(pyramid)] = (pyramid, grid)
+    return _ANCHOR_GRIDS[id(pyramid)][1]
+
+
+_ANCHOR_GRIDS = {}  # id(compute_anchors array) -> (that array, its _anchor_grid)
 
 
 def _candidate_ious(anchors, grid, boxes, threshold, best=False):
