@@ -106,7 +106,8 @@ def random_case(rng, anchors, size):
     if rng.rand() < 0.2:  # zero height or width
         parts.append([[5, 5, 5, 40], [20, 30, 60, 30]])
     if rng.rand() < 0.2:  # partly outside the image
-        parts.append([[-10, -20, size // 3, size // 5], [size // 2, size // 2, size + 30, size + 8]])
+        parts.append([[-10, -20, size // 3, size // 5],
+                      [size // 2, size // 2, size + 30, size + 8]])
     boxes = np.concatenate([np.reshape(p, (-1, 4)) for p in parts]).astype(
         rng.choice([np.int32, np.float64]))
     class_ids = rng.randint(1, 5, len(boxes))
