@@ -295,11 +295,21 @@ def build_rpn_targets(image_shape, anchors, gt_class_ids, gt_boxes, config, rng=
     < 0.3, neutral (0) otherwise. Crowd boxes (negative class ids) are not
     matched, and anchors touching a crowd (IoU >= 0.001) are never negative.
     Positives are cut at random to RPN_TRAIN_ANCHORS_PER_IMAGE // 2 and
-    negatives to fill RPN_TRAIN_ANCHORS_PER_IMAGE.
+    negatives to fill RPN_TRAIN_ANCHORS_PER_IMAGE, drawn with `rng.choice`
+    (`rng`: a `np.random.RandomState` or anything with its `choice`; None is
+    the global `np.random`, as matterport).
 
     Returns rpn_match [A] int32 and rpn_bbox [RPN_TRAIN_ANCHORS_PER_IMAGE,
     (dy, dx, log(dh), log(dw))] / RPN_BBOX_STD_DEV (float64), one row per
     positive anchor in anchor order, zero padded.
+
+    Only the (anchor, box) pairs that can matter get an IoU (float64, with
+    the operations of matterport's full `utils.compute_overlaps` matrix): with
+    the anchors of `compute_anchors(config, image_shape)` they are read off
+    each level's anchor grid around the box, leaving out the anchor shapes
+    whose IoU with the box is bounded below 0.3 and below the box's best;
+    other anchors are compared with each box. rpn_match and rpn_bbox are those
+    of the full matrix bit for bit (`_rpn_match` says why).
 
     Unlike matterport, a GT box that overlaps no anchor at all (IoU 0, e.g. a
     zero-area box) does not turn every anchor positive with infinite deltas,
@@ -308,31 +318,14 @@ def build_rpn_targets(image_shape, anchors, gt_class_ids, gt_boxes, config, rng=
     """
     gt_class_ids = np.asarray(gt_class_ids).reshape(-1)
     gt_boxes = np.asarray(gt_boxes).reshape(-1, 4)
-    rpn_match = np.zeros([anchors.shape[0]], dtype=np.int32)
     rpn_bbox = np.zeros((config.RPN_TRAIN_ANCHORS_PER_IMAGE, 4))
 
     crowd = gt_class_ids < 0
+    crowd_boxes = gt_boxes[crowd]
     if np.any(crowd):
-        crowd_iou_max = np.amax(utils.compute_overlaps(anchors, gt_boxes[crowd]), axis=1)
-        no_crowd = crowd_iou_max < 0.001
         gt_boxes = gt_boxes[gt_class_ids > 0]
-    else:
-        no_crowd = np.ones([anchors.shape[0]], dtype=bool)
-
-    overlaps = utils.compute_overlaps(anchors, gt_boxes)
-    if gt_boxes.shape[0]:
-        anchor_iou_argmax = np.argmax(overlaps, axis=1)
-        anchor_iou_max = overlaps[np.arange(overlaps.shape[0]), anchor_iou_argmax]
-    else:
-        anchor_iou_argmax = np.zeros([anchors.shape[0]], dtype=np.int64)
-        anchor_iou_max = np.zeros([anchors.shape[0]])
-    # Negatives first: a GT box's best anchor overrides them below.
-    rpn_match[(anchor_iou_max < 0.3) & no_crowd] = -1
-    # Every GT box gets its best anchor(s), whatever their IoU (ties all match).
-    best = np.max(overlaps, axis=0, initial=0)
-    ties = (overlaps == best) & (best > 0)
-    rpn_match[np.nonzero(np.any(ties, axis=1))[0]] = 1
-    rpn_match[anchor_iou_max >= 0.7] = 1
+    rpn_match, anchor_iou_argmax = _rpn_match(image_shape, anchors, gt_boxes, crowd_boxes,
+                                              config)
 
     # Balance: at most half positives, negatives fill up the rest.
     ids = np.where(rpn_match == 1)[0]
@@ -361,6 +354,188 @@ def build_rpn_targets(image_shape, anchors, gt_class_ids, gt_boxes, config, rng=
     ], axis=1)
     rpn_bbox[:len(ids)] = deltas / np.asarray(config.RPN_BBOX_STD_DEV)
     return rpn_match, rpn_bbox
+
+
+def _rpn_match(image_shape, anchors, gt_boxes, crowd_boxes, config):
+    """rpn_match [A] before balancing, and each anchor's best GT box [A]
+    (first of equals; meaningful where the anchor is positive), equal to
+    those of the full IoU matrices (`_rpn_match_dense`) without computing them.
+
+    Every anchor starts negative, and IoUs are computed only for the pairs of
+    `_candidate_ious`; a pair left out either does not overlap (IoU exactly 0,
+    as 0 / (area + area) with a positive anchor area and a non-negative box
+    area) or is one whose IoU is bounded below 0.3 (0.001 for crowds) and below
+    the box's best IoU. So no left-out pair changes an anchor's class, a box's
+    best IoU or its ties. It can only be the argmax of a positive anchor whose
+    computed IoUs are all < 0.3 (a box's best below 0.3): those few anchors
+    get their full row. Boxes or anchors outside those assumptions (inverted,
+    NaN, infinite) take the full matrices, whose NaNs are kept as they are.
+    """
+    if not (_plain_boxes(gt_boxes) and _plain_boxes(crowd_boxes)):
+        return _rpn_match_dense(anchors, gt_boxes, crowd_boxes)
+    grid = _anchor_grid(anchors, config, image_shape)
+    if grid is None and not _plain_boxes(anchors, positive=True):
+        return _rpn_match_dense(anchors, gt_boxes, crowd_boxes)
+
+    count = anchors.shape[0]
+    rpn_match = np.full([count], -1, dtype=np.int32)
+    if crowd_boxes.shape[0]:
+        a_ids, _, iou = _candidate_ious(anchors, grid, crowd_boxes, 0.001)
+        rpn_match[a_ids[iou >= 0.001]] = 0
+
+    a_ids, b_ids, iou = _candidate_ious(anchors, grid, gt_boxes, 0.3, best=True)
+    anchor_iou_max = np.zeros([count])
+    np.maximum.at(anchor_iou_max, a_ids, iou)
+    rpn_match[anchor_iou_max >= 0.3] = 0
+    # Every GT box gets its best anchor(s), whatever their IoU (ties all match).
+    best = np.zeros([gt_boxes.shape[0]])
+    np.maximum.at(best, b_ids, iou)
+    rpn_match[a_ids[(iou == best[b_ids]) & (iou > 0)]] = 1
+    rpn_match[anchor_iou_max >= 0.7] = 1
+
+    # np.argmax of the full row: the first box reaching the anchor's max.
+    top = (iou == anchor_iou_max[a_ids]) & (iou > 0)
+    anchor_iou_argmax = np.full([count], gt_boxes.shape[0], dtype=np.int64)
+    np.minimum.at(anchor_iou_argmax, a_ids[top], b_ids[top])
+    low = np.nonzero((rpn_match == 1) & (anchor_iou_max < 0.3))[0]
+    if low.size:
+        anchor_iou_argmax[low] = np.argmax(utils.compute_overlaps(anchors[low], gt_boxes), axis=1)
+    return rpn_match, anchor_iou_argmax
+
+
+def _rpn_match_dense(anchors, gt_boxes, crowd_boxes):
+    """`_rpn_match` from the full IoU matrices (matterport's way)."""
+    count = anchors.shape[0]
+    rpn_match = np.zeros([count], dtype=np.int32)
+    if crowd_boxes.shape[0]:
+        no_crowd = np.amax(utils.compute_overlaps(anchors, crowd_boxes), axis=1) < 0.001
+    else:
+        no_crowd = np.ones([count], dtype=bool)
+    overlaps = utils.compute_overlaps(anchors, gt_boxes)
+    if gt_boxes.shape[0]:
+        anchor_iou_argmax = np.argmax(overlaps, axis=1)
+        anchor_iou_max = overlaps[np.arange(count), anchor_iou_argmax]
+    else:
+        anchor_iou_argmax = np.zeros([count], dtype=np.int64)
+        anchor_iou_max = np.zeros([count])
+    rpn_match[(anchor_iou_max < 0.3) & no_crowd] = -1
+    best = np.max(overlaps, axis=0, initial=0)
+    ties = (overlaps == best) & (best > 0)
+    rpn_match[np.nonzero(np.any(ties, axis=1))[0]] = 1
+    rpn_match[anchor_iou_max >= 0.7] = 1
+    return rpn_match, anchor_iou_argmax
+
+
+def _plain_boxes(boxes, positive=False):
+    """Finite boxes with y2 >= y1 and x2 >= x1 (> with `positive`)."""
+    h = boxes[:, 2] - boxes[:, 0]
+    w = boxes[:, 3] - boxes[:, 1]
+    if positive:
+        return bool(np.all(h > 0) and np.all(w > 0) and np.all(np.isfinite(boxes)))
+    return bool(np.all(h >= 0) and np.all(w >= 0) and np.all(np.isfinite(boxes)))
+
+
+def _anchor_grid(anchors, config, image_shape):
+    """The anchors' grids when they are `compute_anchors(config, image_shape)`:
+    one entry per pyramid level and anchor shape, (anchor ids [rows, columns],
+    step in pixels, y1, x1, y2, x2 of the anchor of cell (0, 0), which is
+    centred on 0); else None. Cell (r, c) is centred on (r, c) * step."""
+    shapes = compute_backbone_shapes(config, image_shape)
+    stride = config.RPN_ANCHOR_STRIDE
+    levels, start = [], 0
+    for scales, (h, w), feature_stride in zip(config.RPN_ANCHOR_SCALES, shapes,
+                                              config.BACKBONE_STRIDES):
+        rows, cols = len(range(0, int(h), stride)), len(range(0, int(w), stride))
+        per_cell = np.size(scales) * len(config.RPN_ANCHOR_RATIOS)
+        levels.append((start, rows, cols, per_cell, stride * feature_stride))
+        start += rows * cols * per_cell
+    if anchors.shape[0] != start:
+        return None
+    pyramid = compute_anchors(config, image_shape)
+    if anchors is not pyramid and not np.array_equal(anchors, pyramid):
+        return None
+    if id(pyramid) not in _ANCHOR_GRIDS:  # the pyramid stays in compute_anchors' cache
+        index = np.arange(start)
+        grid = []
+        for start, rows, cols, per_cell, step in levels:
+            ids = index[start:start + rows * cols * per_cell].reshape(rows, cols, per_cell)
+            for k in range(per_cell if rows * cols else 0):
+                grid.append((ids[:, :, k], step, *pyramid[start + k].tolist()))
+        # The argument of _rpn_match needs anchors of positive area.
+        if not all(y2 > y1 and x2 > x1 for _, _, y1, x1, y2, x2 in grid):
+            grid = None
+        _ANCHOR_GRIDS[id(pyramid)] = (pyramid, grid)
+    return _ANCHOR_GRIDS[id(pyramid)][1]
+
+
+_ANCHOR_GRIDS = {}  # id(compute_anchors array) -> (that array, its _anchor_grid)
+
+
+def _candidate_ious(anchors, grid, boxes, threshold, best=False):
+    """(anchor ids, box ids, IoUs) of the pairs `_rpn_match` needs: each
+    anchor at most once per box.
+
+    Without a grid: every pair that overlaps with a positive area. With one,
+    per box and anchor shape: the block of grid cells whose anchors may
+    overlap the box (one more row and column each side against rounding),
+    when the IoU bound of that shape, min(h) * min(w) / (union with that
+    intersection), reaches `threshold` or, with `best`, the best IoU found
+    over the blocks of the box that reach it (and its block of largest bound).
+    """
+    if grid is None:
+        a_ids = [np.nonzero((anchors[:, 0] < y2) & (anchors[:, 2] > y1)
+                            & (anchors[:, 1] < x2) & (anchors[:, 3] > x1))[0]
+                 for y1, x1, y2, x2 in boxes.tolist()]
+        b_ids = np.repeat(np.arange(len(a_ids)), [len(ids) for ids in a_ids]).astype(np.int64)
+        a_ids = np.concatenate(a_ids) if a_ids else np.zeros([0], dtype=np.int64)
+        return a_ids, b_ids, _pair_ious(anchors, boxes, a_ids, b_ids)
+
+    y1, x1, y2, x2 = (c[:, None] for c in boxes.astype(np.float64).T)
+    ids = [g[0] for g in grid]
+    step, a_y1, a_x1, a_y2, a_x2 = np.array([g[1:] for g in grid], dtype=np.float64).T
+    rows = np.array([i.shape[0] for i in ids])
+    cols = np.array([i.shape[1] for i in ids])
+    # Cell r's anchor overlaps the box in y when r * step + a_y1 < y2 and r * step + a_y2 > y1.
+    r1 = np.maximum(np.floor((y1 - a_y2) / step), 0).astype(np.int64)
+    r2 = np.minimum(np.ceil((y2 - a_y1) / step), rows - 1).astype(np.int64)
+    c1 = np.maximum(np.floor((x1 - a_x2) / step), 0).astype(np.int64)
+    c2 = np.minimum(np.ceil((x2 - a_x1) / step), cols - 1).astype(np.int64)
+    some = (r1 <= r2) & (c1 <= c2)
+    a_h, a_w, b_h, b_w = a_y2 - a_y1, a_x2 - a_x1, y2 - y1, x2 - x1
+    inter = np.minimum(a_h, b_h) * np.minimum(a_w, b_w)
+    bound = inter / (a_h * a_w + b_h * b_w - inter) * (1 + 1e-6)  # > any IoU of the block
+
+    def pairs(take):
+        b, j = np.nonzero(take & some)
+        parts = [ids[j_][r1[b_, j_]:r2[b_, j_] + 1, c1[b_, j_]:c2[b_, j_] + 1].ravel()
+                 for b_, j_ in zip(b.tolist(), j.tolist())]
+        a_ids = np.concatenate(parts) if parts else np.zeros([0], dtype=np.int64)
+        b_ids = np.repeat(b, [len(p) for p in parts]).astype(np.int64)
+        return a_ids, b_ids, _pair_ious(anchors, boxes, a_ids, b_ids)
+
+    take = bound >= threshold
+    if not best or not take.size:
+        return pairs(take)
+    take[np.arange(take.shape[0]), np.argmax(np.where(some, bound, -1), axis=1)] = True
+    a_ids, b_ids, iou = pairs(take)
+    found = np.zeros([boxes.shape[0]])
+    np.maximum.at(found, b_ids, iou)
+    more = ~take & (bound >= found[:, None])
+    if np.any(more & some):
+        extra = pairs(more)
+        a_ids, b_ids, iou = (np.concatenate([u, v]) for u, v in zip((a_ids, b_ids, iou), extra))
+    return a_ids, b_ids, iou
+
+
+def _pair_ious(anchors, boxes, a_ids, b_ids):
+    """IoU of each (anchor, box) pair, with the very operations of
+    utils.compute_overlaps on the same dtypes, so the same bits."""
+    a = anchors[a_ids]
+    b_area = ((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]))[b_ids]
+    a_area = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
+    iou = utils.compute_iou(boxes[b_ids].T, a, b_area, a_area)
+    # compute_overlaps stores into float64: compare as float64 (0.7 is not a float32).
+    return iou.astype(np.float64, copy=False)
 
 
 def generate_random_rois(image_shape, count, gt_class_ids, gt_boxes, rng=None):
