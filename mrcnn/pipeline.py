@@ -48,7 +48,8 @@ def batch_spec(config, random_rois=0):
             ("input_rpn_bbox", tf.float32, (config.RPN_TRAIN_ANCHORS_PER_IMAGE, 4)),
             ("input_gt_class_ids", tf.int32, (max_gt,)),
             ("input_gt_boxes", tf.float32, (max_gt, 4)),
-            ("input_gt_masks", tf.bool, (mask_h, mask_w, max_gt))]
+            # uint8, not the input's bool: under tf.distribute Keras sums a batch's fields.
+            ("input_gt_masks", tf.uint8, (mask_h, mask_w, max_gt))]
     if random_rois:
         spec.append(("input_roi", tf.int32, (random_rois, 4)))
     return spec

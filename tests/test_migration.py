@@ -89,6 +89,23 @@ def test_nucleus_augmentation_keeps_masks_on_their_objects(iaa, shapes_train, ti
     assert len(seen) >= 3  # SomeOf((0, 2), ...) picked different geometric moves
 
 
+def test_seeded_pipeline_repeats_imgaug_augmentation_whatever_the_workers(iaa, shapes_train,
+                                                                          tiny_config):
+    """Each image's augmenter copy is seeded from (SEED, epoch, position), so loading threads
+    racing on the user's augmenter change nothing."""
+    from mrcnn.pipeline import training_dataset
+    aug = nucleus_augmentation(iaa)
+
+    def images(workers, augmentation=aug):
+        pipeline = training_dataset(shapes_train, tiny_config, steps=4, seed=7, workers=workers,
+                                    augmentation=augmentation)
+        return np.stack([b["input_image"].numpy() for b in pipeline.take(4)])
+
+    one, three = images(1), images(3)
+    np.testing.assert_array_equal(one, three)
+    assert not np.array_equal(one, images(1, augmentation=None))
+
+
 # ---------------------------------------------------------------- console output
 
 def test_retrace_filter_drops_only_the_first_trace_after_compile():
