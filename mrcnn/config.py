@@ -174,11 +174,12 @@ class Config:
     SEED = None
 
     # Keras mixed precision for the model (not in matterport's Config): None
-    # (float32), "mixed_float16" (GPUs; training uses dynamic loss scaling) or
-    # "mixed_bfloat16" (TPUs, recent GPUs and CPUs with bf16 units). Layers
-    # compute in half precision and keep float32 weights, so weight files are
-    # the same either way; scores, masks, losses and box arithmetic stay
-    # float32 (see mrcnn.graph). Applied when the model is built.
+    # (the process's Keras dtype policy, float32 unless changed),
+    # "mixed_float16" (GPUs; training uses dynamic loss scaling) or
+    # "mixed_bfloat16" (TPUs, recent GPUs, CPUs with bf16 units). Layers compute
+    # in half precision and keep float32 weights, so weight files are the same
+    # either way; scores, masks, losses and box arithmetic stay float32 (see
+    # mrcnn.graph). Applied when the model is built.
     MIXED_PRECISION = None
 
     def __init__(self):
@@ -252,7 +253,7 @@ class Config:
         precision = self.MIXED_PRECISION
         if not (precision is None or isinstance(precision, str)) or precision not in PRECISIONS:
             fail("MIXED_PRECISION", f"is {precision!r}",
-                 "Use None (float32), 'mixed_float16' or 'mixed_bfloat16'.")
+                 "Use None (no mixed precision), 'mixed_float16' or 'mixed_bfloat16'.")
 
         if isinstance(self.BACKBONE, str):
             if self.BACKBONE not in BACKBONES:

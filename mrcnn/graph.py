@@ -5,9 +5,14 @@ between them by name. The training model is a `TrainingModel`: its
 `train_step` sums the five loss outputs (weighted) and L2 weight decay.
 
 Mixed precision (Config.MIXED_PRECISION): each model is built with that Keras
-dtype policy set for the build only (`_dtype_policy_scope`), so every layer
-records its policy and the process-wide policy is left as it was. Weights
-are float32 variables under every policy. These layers are float32 (explicit
+dtype policy set as the global one for the build only (`_dtype_policy_scope`):
+every layer, a user's BACKBONE callable's included, takes it without a dtype
+argument threaded through each graph function, keeps it (and serialises it),
+and the process-wide policy is restored afterwards. Weights are float32
+variables under every policy. Under mixed_float16 the model's own policy makes
+`compile()` wrap the optimizer in a LossScaleOptimizer, which unscales the
+gradients before the inner optimizer clips them (GRADIENT_CLIP_NORM) and skips
+steps whose gradients overflow. These layers are float32 (explicit
 `dtype="float32"`): the RPN's logits/deltas convolutions, reshapes and
 concatenations (`rpn_class_raw`, `rpn_bbox_pred`, `rpn_class_logits`,
 `rpn_class`, `rpn_bbox`), the heads' `mrcnn_class_logits`, `mrcnn_class`,
@@ -16,8 +21,8 @@ wrappers), and every weightless custom layer (graph_utils.GraphLayer: ROI,
 proposal_targets, roi_align_*, mrcnn_detection, the losses, anchors, box
 normalisation). Softmax, sigmoid and cross-entropy lose accuracy and
 overflow in half precision; bfloat16's 8-bit mantissa cannot place a box to
-a pixel on a 1024-px image (steps of 4 px near 1.0), and float16 overflows
-in exp() of large deltas. The rest (backbone, FPN, the heads' convolutions)
+a pixel (normalised coordinates near 1.0 step by 8 px on a 1024-px image),
+and float16 overflows in exp() of deltas above 11. The rest (backbone, FPN, the heads' convolutions)
 computes in half precision.
 """
 
