@@ -22,6 +22,7 @@ RESIZE_MODES = ("none", "square", "pad64", "crop")
 BACKBONES = ("resnet50", "resnet101")
 OPTIMIZERS = ("sgd", "adam")
 DETECTION_CLASS_MODES = ("argmax", "per_class")
+PRECISIONS = (None, "mixed_float16", "mixed_bfloat16")
 LOSS_NAMES = ("rpn_class_loss", "rpn_bbox_loss", "mrcnn_class_loss",
               "mrcnn_bbox_loss", "mrcnn_mask_loss")
 
@@ -172,6 +173,15 @@ class Config:
     # process (tf.config.experimental.enable_op_determinism).
     SEED = None
 
+    # Keras mixed precision for the model (not in matterport's Config): None
+    # (the process's Keras dtype policy, float32 unless changed),
+    # "mixed_float16" (GPUs; training uses dynamic loss scaling) or
+    # "mixed_bfloat16" (TPUs, recent GPUs, CPUs with bf16 units). Layers compute
+    # in half precision and keep float32 weights, so weight files are the same
+    # either way; scores, masks, losses and box arithmetic stay float32 (see
+    # mrcnn.graph). Applied when the model is built.
+    MIXED_PRECISION = None
+
     def __init__(self):
         self.BATCH_SIZE = self.IMAGES_PER_GPU * self.GPU_COUNT
         side = self.IMAGE_MIN_DIM if self.IMAGE_RESIZE_MODE == "crop" else self.IMAGE_MAX_DIM
@@ -239,6 +249,11 @@ class Config:
             fail("DETECTION_CLASS_MODE", f"is {mode!r}",
                  "Use 'argmax' (matterport's: each RoI's top class) or 'per_class' "
                  "(torchvision's: every class above DETECTION_MIN_CONFIDENCE).")
+
+        precision = self.MIXED_PRECISION
+        if not (precision is None or isinstance(precision, str)) or precision not in PRECISIONS:
+            fail("MIXED_PRECISION", f"is {precision!r}",
+                 "Use None (no mixed precision), 'mixed_float16' or 'mixed_bfloat16'.")
 
         if isinstance(self.BACKBONE, str):
             if self.BACKBONE not in BACKBONES:

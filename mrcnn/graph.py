@@ -3,7 +3,30 @@
 Both are built from the same layer names (matterport's), so weights move
 between them by name. The training model is a `TrainingModel`: its
 `train_step` sums the five loss outputs (weighted) and L2 weight decay.
+
+Mixed precision (Config.MIXED_PRECISION): each model is built with that Keras
+dtype policy set as the global one for the build only (`_dtype_policy_scope`):
+every layer, a user's BACKBONE callable's included, takes it without a dtype
+argument threaded through each graph function, keeps it (and serialises it),
+and the process-wide policy is restored afterwards. Weights are float32
+variables under every policy. Under mixed_float16 the model's own policy makes
+`compile()` wrap the optimizer in a LossScaleOptimizer, which unscales the
+gradients before the inner optimizer clips them (GRADIENT_CLIP_NORM) and skips
+steps whose gradients overflow. These layers are float32 (explicit
+`dtype="float32"`): the RPN's logits/deltas convolutions, reshapes and
+concatenations (`rpn_class_raw`, `rpn_bbox_pred`, `rpn_class_logits`,
+`rpn_class`, `rpn_bbox`), the heads' `mrcnn_class_logits`, `mrcnn_class`,
+`mrcnn_bbox_fc`, `mrcnn_bbox` and `mrcnn_mask` (with their RoIDistributed
+wrappers), and every weightless custom layer (graph_utils.GraphLayer: ROI,
+proposal_targets, roi_align_*, mrcnn_detection, the losses, anchors, box
+normalisation). Softmax, sigmoid and cross-entropy lose accuracy and
+overflow in half precision; bfloat16's 8-bit mantissa cannot place a box to
+a pixel (normalised coordinates near 1.0 step by 8 px on a 1024-px image),
+and float16 overflows in exp() of deltas above 11. The rest (backbone, FPN, the heads' convolutions)
+computes in half precision.
 """
+
+import contextlib
 
 import keras
 import tensorflow as tf
@@ -29,6 +52,21 @@ class NormBoxes(GraphLayer):
 
     def compute_output_shape(self, input_shape):
         return tuple(input_shape[0])
+
+
+@contextlib.contextmanager
+def _dtype_policy_scope(policy):
+    """Keras' global dtype policy set to `policy` (None: leave it) inside the
+    block and restored afterwards, whatever happens. Layers created inside
+    keep the policy. Not thread-safe: another thread building layers at the
+    same time sees the policy too."""
+    previous = keras.config.dtype_policy()
+    if policy is not None:
+        keras.config.set_dtype_policy(policy)
+    try:
+        yield
+    finally:
+        keras.config.set_dtype_policy(previous)
 
 
 def _feature_pyramid(input_image, config):
@@ -63,7 +101,7 @@ def _rpn(rpn_feature_maps, config):
     rpn = build_rpn_model(config.RPN_ANCHOR_STRIDE, len(config.RPN_ANCHOR_RATIOS),
                           config.TOP_DOWN_PYRAMID_SIZE)
     per_level = [rpn(p) for p in rpn_feature_maps]
-    return [keras.layers.Concatenate(axis=1, name=name)(list(outputs))
+    return [keras.layers.Concatenate(axis=1, name=name, dtype="float32")(list(outputs))
             for outputs, name in zip(zip(*per_level), ("rpn_class_logits", "rpn_class", "rpn_bbox"))]
 
 
@@ -86,6 +124,11 @@ def build_training_model(config):
     the other rows): the mask loss uses nothing else.
     """
     config.validate()
+    with _dtype_policy_scope(config.MIXED_PRECISION):
+        return _training_model(config)
+
+
+def _training_model(config):
     input_image, input_image_meta = _image_inputs(config)
     input_rpn_match = keras.Input(shape=[None, 1], name="input_rpn_match", dtype="int32")
     input_rpn_bbox = keras.Input(shape=[None, 4], name="input_rpn_bbox", dtype="float32")
@@ -130,7 +173,7 @@ def build_training_model(config):
                                       train_bn=config.TRAIN_BN, aligned=config.ROI_ALIGN_ALIGNED,
                                       sampling_ratio=config.ROI_ALIGN_SAMPLING_RATIO,
                                       row_ids=mask_class_ids)
-    output_rois = keras.layers.Identity(name="output_rois")(rois)
+    output_rois = keras.layers.Identity(name="output_rois", dtype="float32")(rois)
 
     losses = [
         RpnClassLoss(name="rpn_class_loss")([input_rpn_match, rpn_class_logits]),
@@ -156,6 +199,11 @@ def build_inference_model(config):
     0 in the padding rows), rpn_rois, rpn_class, rpn_bbox.
     """
     config.validate()
+    with _dtype_policy_scope(config.MIXED_PRECISION):
+        return _inference_model(config)
+
+
+def _inference_model(config):
     input_image, input_image_meta = _image_inputs(config)
     input_anchors = keras.Input(shape=[None, 4], name="input_anchors")
 

@@ -139,8 +139,8 @@ class RoIDistributed(keras.layers.Wrapper):
 
 
 def _per_roi(layer, scatter=False):
-    """`layer` wrapped in RoIDistributed under the same name."""
-    return RoIDistributed(layer, scatter=scatter, name=layer.name)
+    """`layer` wrapped in RoIDistributed under the same name and dtype policy."""
+    return RoIDistributed(layer, scatter=scatter, name=layer.name, dtype=layer.dtype_policy)
 
 
 def _used_rows(row_ids):
@@ -194,10 +194,14 @@ def fpn_classifier_graph(rois, feature_maps, image_meta, pool_size, num_classes,
     num_rois = x.shape[1] if x.shape[1] is not None else -1
     shared = keras.layers.Reshape((num_rois, fc_layers_size), name="pool_squeeze")(x)
 
-    mrcnn_class_logits = keras.layers.Dense(num_classes, name="mrcnn_class_logits")(shared)
-    mrcnn_probs = keras.layers.Activation("softmax", name="mrcnn_class")(mrcnn_class_logits)
-    x = keras.layers.Dense(num_classes * 4, activation="linear", name="mrcnn_bbox_fc")(shared)
-    mrcnn_bbox = keras.layers.Reshape((num_rois, num_classes, 4), name="mrcnn_bbox")(x)
+    mrcnn_class_logits = keras.layers.Dense(num_classes, name="mrcnn_class_logits",
+                                            dtype="float32")(shared)
+    mrcnn_probs = keras.layers.Activation("softmax", name="mrcnn_class",
+                                          dtype="float32")(mrcnn_class_logits)
+    x = keras.layers.Dense(num_classes * 4, activation="linear", name="mrcnn_bbox_fc",
+                             dtype="float32")(shared)
+    mrcnn_bbox = keras.layers.Reshape((num_rois, num_classes, 4), name="mrcnn_bbox",
+                                      dtype="float32")(x)
     return mrcnn_class_logits, mrcnn_probs, mrcnn_bbox
 
 
@@ -231,7 +235,7 @@ def build_fpn_mask_graph(rois, feature_maps, image_meta, pool_size, num_classes,
     x = _per_roi(keras.layers.Conv2DTranspose(256, (2, 2), strides=2, activation="relu",
                                               name="mrcnn_mask_deconv"))(x)
     mask = keras.layers.Conv2D(num_classes, (1, 1), strides=1, activation="sigmoid",
-                               name="mrcnn_mask")
+                               name="mrcnn_mask", dtype="float32")
     if row_ids is None:
         return _per_roi(mask)(x)
     return _per_roi(mask, scatter=True)([x, row_ids])
