@@ -67,7 +67,8 @@ def test_batch_values_equal_the_numpy_loading_code(config):
             np.testing.assert_array_equal(value, expected[0].astype(value.dtype), err_msg=name)
 
 
-def test_failed_images_are_skipped_and_repeated_failures_raise_the_real_error(config, caplog):
+def test_failed_images_are_skipped_and_repeated_failures_raise_the_real_error(config, caplog,
+                                                                             tmp_path):
     class SometimesBroken(ShapesDataset):
         def load_image(self, image_id):
             if image_id % 3 == 0:
@@ -80,7 +81,7 @@ def test_failed_images_are_skipped_and_repeated_failures_raise_the_real_error(co
     assert [image_ids(b) for b in batches] == [[1, 2], [4, 5], [7, 8]]
     assert sum("cannot read image" in str(r.exc_info[1]) for r in caplog.records) >= 2
 
-    model = modellib.MaskRCNN("training", config, "unused")
+    model = modellib.MaskRCNN("training", config, str(tmp_path))
     with pytest.raises(ValueError, match="masks of size") as info:   # not a TensorFlow error
         model.train(Broken("size"), None, 0.001, epochs=1, layers="heads", verbose=0)
     assert any("in a row failed" in note for note in info.value.__notes__)
@@ -92,9 +93,9 @@ def test_failed_images_are_skipped_and_repeated_failures_raise_the_real_error(co
         next(iter(pipeline.training_dataset(empty, config)))
 
 
-def test_wrong_image_size_stops_train_with_the_shape_error(config):
+def test_wrong_image_size_stops_train_with_the_shape_error(config, tmp_path):
     config.IMAGE_RESIZE_MODE = "pad64"                            # 128x96 becomes 192x128
-    model = modellib.MaskRCNN("training", config, "unused")
+    model = modellib.MaskRCNN("training", config, str(tmp_path))
     with pytest.raises(data.TrainingShapeError, match="after resizing"):
         model.train(ShapesDataset(count=2, size=(128, 96)), None, 0.001, epochs=1,
                     layers="heads", verbose=0)
