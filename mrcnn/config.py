@@ -172,6 +172,16 @@ class Config:
     # process (tf.config.experimental.enable_op_determinism).
     SEED = None
 
+    # True: detect() and training run the backbone, FPN and RPN head (the part
+    # with static shapes) as one XLA-compiled function, the rest (NMS,
+    # crop_and_resize: no XLA kernels) as before (not in matterport's Config).
+    # Same weights, layer names and exports (the SavedModel runs without XLA).
+    # Off by default: on a 2-core AMD EPYC CPU it gained nothing measurable in
+    # detect() (R-50 1x1024^2 and 8x128^2) and made the training step slower
+    # (8x128^2: 5.2 s vs 4.1-4.5 s) with a much longer first step (46 s vs
+    # 14-31 s); benchmarks/README.md has the numbers, mrcnn/xla.py the blockers.
+    XLA = False
+
     def __init__(self):
         self.BATCH_SIZE = self.IMAGES_PER_GPU * self.GPU_COUNT
         side = self.IMAGE_MIN_DIM if self.IMAGE_RESIZE_MODE == "crop" else self.IMAGE_MAX_DIM
@@ -220,7 +230,9 @@ class Config:
         if self.SEED is not None:
             check_int("SEED", 0)
         for attr, meaning in (("TRAIN_BN", "None or True (train BatchNorm) or False (freeze it)"),
-                              ("ROI_ALIGN_ALIGNED", "True or False")):
+                              ("ROI_ALIGN_ALIGNED", "True or False"),
+                              ("XLA", "True (compile the backbone, FPN and RPN head with XLA) "
+                                      "or False")):
             value = getattr(self, attr)
             if not (isinstance(value, (bool, np.bool_)) or (value is None and attr == "TRAIN_BN")):
                 fail(attr, f"is {value!r}", f"Set it to {meaning}, not a string or number.")
