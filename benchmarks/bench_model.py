@@ -1,7 +1,7 @@
 """Latency and peak memory of detect() and of one training step; prints JSON lines.
 
     python benchmarks/bench_model.py                 # every case, each in its own process
-    python benchmarks/bench_model.py --case detect_r50_1024 [--repeat 5] [--threads N]
+    python benchmarks/bench_model.py --case detect_r50_1024 [--repeat 5] [--threads N] [--xla]
 
 Cases (random weights; the work is fixed by DETECTION_MIN_CONFIDENCE 0 and, as torchvision
 scores, DETECTION_CLASS_MODE "per_class": every image gets DETECTION_MAX_INSTANCES detections):
@@ -10,6 +10,7 @@ scores, DETECTION_CLASS_MODE "per_class": every image gets DETECTION_MAX_INSTANC
   steady state (median of --repeat).
   train_r50_8x128, train_r50_2x1024: one SGD step on the shapes sample's images
   (samples/shapes), and the time data preparation takes per batch, side by side.
+--xla sets Config.XLA (the backbone, FPN and RPN head compiled with XLA; see mrcnn.xla).
 Each case runs in a fresh process so its peak RSS (ru_maxrss) is its own. TensorFlow runs
 with --threads intra-op and inter-op threads (default: the CPU count).
 benchmarks/peer_torchvision.py runs the same cases on torchvision, and both side by side.
@@ -40,7 +41,7 @@ def parse_case(case):
     return kind, BACKBONES[backbone], int(batch), int(size)
 
 
-def make_config(backbone, size, batch, mode):
+def make_config(backbone, size, batch, mode, xla=False):
     from mrcnn.config import Config
 
     class BenchConfig(Config):
@@ -52,6 +53,7 @@ def make_config(backbone, size, batch, mode):
         DETECTION_MIN_CONFIDENCE = 0.0
         DETECTION_CLASS_MODE = "per_class"
         STEPS_PER_EPOCH = 1
+        XLA = xla
         if size <= 128:  # matterport's shapes sample
             RPN_ANCHOR_SCALES = (8, 16, 32, 64, 128)
             TRAIN_ROIS_PER_IMAGE = 32
@@ -78,11 +80,11 @@ def environment(threads):
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
 
 
-def run_detect(backbone, size, batch, repeat):
+def run_detect(backbone, size, batch, repeat, xla=False):
     import numpy as np
     from mrcnn import model as modellib
 
-    config = make_config(backbone, size, batch, "inference")
+    config = make_config(backbone, size, batch, "inference", xla)
     t0 = time.perf_counter()
     model = modellib.MaskRCNN("inference", config, "/tmp/mrcnn-bench")
     build_s = time.perf_counter() - t0
@@ -102,13 +104,13 @@ def run_detect(backbone, size, batch, repeat):
             "detections_returned_mean": float(np.mean([len(r["class_ids"]) for r in results]))}
 
 
-def run_train(size, batch, repeat):
+def run_train(size, batch, repeat, xla=False):
     import numpy as np
     from mrcnn import model as modellib
     from mrcnn.data import MaskRCNNSequence
     from samples.shapes.shapes import make_dataset
 
-    config = make_config("resnet50", size, batch, "training")
+    config = make_config("resnet50", size, batch, "training", xla)
     ds = make_dataset(batch * (repeat + 1), config, seed=0)
     model = modellib.MaskRCNN("training", config, "/tmp/mrcnn-bench")
     model.set_trainable(".*", verbose=0)
@@ -140,16 +142,16 @@ def _fit_args(batch):
     return (batch[0],) if isinstance(batch, tuple) and len(batch) == 1 else (batch,)
 
 
-def run_case(case, repeat, threads):
+def run_case(case, repeat, threads, xla=False):
     import tensorflow as tf
     tf.config.threading.set_intra_op_parallelism_threads(threads)
     tf.config.threading.set_inter_op_parallelism_threads(threads)
     kind, backbone, batch, size = parse_case(case)
     if kind == "detect":
-        result = run_detect(backbone, size, batch, repeat)
+        result = run_detect(backbone, size, batch, repeat, xla)
     else:
-        result = run_train(size, batch, repeat)
-    return {"case": case, **result, "peak_rss_mb": round(peak_rss_mb()), "tf": tf.__version__,
+        result = run_train(size, batch, repeat, xla)
+    return {"case": case, "xla": xla, **result, "peak_rss_mb": round(peak_rss_mb()), "tf": tf.__version__,
             "gpus": len(tf.config.list_physical_devices("GPU")), **environment(threads)}
 
 
@@ -159,14 +161,17 @@ def main():
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--threads", type=int, default=os.cpu_count(),
                         help="TensorFlow intra-op and inter-op threads (default: the CPU count)")
+    parser.add_argument("--xla", action="store_true",
+                        help="Config.XLA = True: the backbone, FPN and RPN head compiled with XLA")
     args = parser.parse_args()
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     if args.case:
-        print(json.dumps(run_case(args.case, args.repeat, args.threads)), flush=True)
+        print(json.dumps(run_case(args.case, args.repeat, args.threads, args.xla)), flush=True)
         return
     for case in CASES:
         proc = subprocess.run([sys.executable, __file__, "--case", case, "--repeat", str(args.repeat),
-                               "--threads", str(args.threads)], capture_output=True, text=True)
+                               "--threads", str(args.threads)] + ["--xla"] * args.xla,
+                              capture_output=True, text=True)
         lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
         print(lines[-1] if lines else json.dumps({"case": case, "error": proc.stderr.strip()[-800:]}),
               flush=True)
