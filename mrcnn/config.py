@@ -176,10 +176,12 @@ class Config:
     # with static shapes) as one XLA-compiled function, the rest (NMS,
     # crop_and_resize: no XLA kernels) as before (not in matterport's Config).
     # Same weights, layer names and exports (the SavedModel runs without XLA).
-    # Off by default: on a 2-core AMD EPYC CPU it gained nothing measurable in
-    # detect() (R-50 1x1024^2 and 8x128^2) and made the training step slower
-    # (8x128^2: 5.2 s vs 4.1-4.5 s) with a much longer first step (46 s vs
-    # 14-31 s); benchmarks/README.md has the numbers, mrcnn/xla.py the blockers.
+    # Off by default: on a 2-core AMD EPYC CPU it gained nothing in detect()
+    # (ResNet-50, 1x1024^2: 3.3-3.6 s vs 3.2 s; 8x128^2: the same within noise;
+    # 2-3 s longer first call) and made training slower (2x1024^2 step 21.1 vs
+    # 19.3 s, more memory). Training with SEED set is refused (no deterministic
+    # XLA MaxPool gradient). benchmarks/README.md has the numbers, mrcnn/xla.py
+    # what keeps XLA off the rest of the graph.
     XLA = False
 
     def __init__(self):
