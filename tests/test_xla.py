@@ -69,9 +69,10 @@ def test_xla_model_keeps_the_layers_and_loads_weights_by_name(detectors, tmp_pat
 
 
 def test_xla_detect_equals_plain_detect_and_does_not_retrace(detectors, shapes_val):
-    """Same detections within 1e-3 in scores and 1 px in boxes (measured: scores 1e-6,
-    boxes identical, mask probabilities 1e-4: XLA fuses and reorders the backbone's float
-    sums); a second detect() traces and compiles nothing."""
+    """Same detections within 1e-3 in scores and 1 px in boxes, raw mask probabilities within
+    1e-2 (measured on bench_model's ResNet-50 configs: detections 1e-4, mask probabilities
+    1.5e-3 at most: XLA fuses and reorders the backbone's float sums); a second detect()
+    traces and compiles nothing."""
     plain, xla, _ = detectors
     images = [shapes_val.load_image(0)]
     expected = plain.detect(images)
