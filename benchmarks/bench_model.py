@@ -2,7 +2,7 @@
 
     python benchmarks/bench_model.py                 # every case, each in its own process
     python benchmarks/bench_model.py --case detect_r50_1024 [--repeat 5] [--threads N]
-        [--precision None|mixed_bfloat16|mixed_float16]
+        [--precision None|mixed_bfloat16|mixed_float16] [--xla]
 
 Cases (random weights; the work is fixed by DETECTION_MIN_CONFIDENCE 0 and, as torchvision
 scores, DETECTION_CLASS_MODE "per_class": every image gets DETECTION_MAX_INSTANCES detections):
@@ -14,6 +14,7 @@ scores, DETECTION_CLASS_MODE "per_class": every image gets DETECTION_MAX_INSTANC
 Each case runs in a fresh process so its peak RSS (ru_maxrss) is its own. TensorFlow runs
 with --threads intra-op and inter-op threads (default: the CPU count). --precision sets
 Config.MIXED_PRECISION (default None: float32); the line records it and TF_ENABLE_ONEDNN_OPTS.
+--xla sets Config.XLA (the backbone, FPN and RPN head compiled with XLA; see mrcnn.xla).
 benchmarks/peer_torchvision.py runs the same cases on torchvision, and both side by side.
 Module level imports the standard library only: peer_torchvision.py imports this file's
 helpers in its own venv, which has no TensorFlow.
@@ -42,12 +43,13 @@ def parse_case(case):
     return kind, BACKBONES[backbone], int(batch), int(size)
 
 
-def make_config(backbone, size, batch, mode, precision=None):
+def make_config(backbone, size, batch, mode, precision=None, xla=False):
     from mrcnn.config import Config
 
     class BenchConfig(Config):
         NAME = "bench"
         MIXED_PRECISION = precision
+        XLA = xla
         BACKBONE = backbone
         IMAGES_PER_GPU = batch
         NUM_CLASSES = 1 + 3
@@ -81,11 +83,11 @@ def environment(threads):
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
 
 
-def run_detect(backbone, size, batch, repeat, precision):
+def run_detect(backbone, size, batch, repeat, precision, xla):
     import numpy as np
     from mrcnn import model as modellib
 
-    config = make_config(backbone, size, batch, "inference", precision)
+    config = make_config(backbone, size, batch, "inference", precision, xla)
     t0 = time.perf_counter()
     model = modellib.MaskRCNN("inference", config, "/tmp/mrcnn-bench")
     build_s = time.perf_counter() - t0
@@ -105,13 +107,13 @@ def run_detect(backbone, size, batch, repeat, precision):
             "detections_returned_mean": float(np.mean([len(r["class_ids"]) for r in results]))}
 
 
-def run_train(size, batch, repeat, precision):
+def run_train(size, batch, repeat, precision, xla):
     import numpy as np
     from mrcnn import model as modellib
     from mrcnn.pipeline import training_dataset
     from samples.shapes.shapes import make_dataset
 
-    config = make_config("resnet50", size, batch, "training", precision)
+    config = make_config("resnet50", size, batch, "training", precision, xla)
     ds = make_dataset(batch * (repeat + 1), config, seed=0)
     model = modellib.MaskRCNN("training", config, "/tmp/mrcnn-bench")
     model.set_trainable(".*", verbose=0)
@@ -137,17 +139,18 @@ def run_train(size, batch, repeat, precision):
             "batch": batch, "image": size, "rois_per_image": config.TRAIN_ROIS_PER_IMAGE}
 
 
-def run_case(case, repeat, threads, precision=None):
+def run_case(case, repeat, threads, precision=None, xla=False):
     import tensorflow as tf
     tf.config.threading.set_intra_op_parallelism_threads(threads)
     tf.config.threading.set_inter_op_parallelism_threads(threads)
     kind, backbone, batch, size = parse_case(case)
     if kind == "detect":
-        result = run_detect(backbone, size, batch, repeat, precision)
+        result = run_detect(backbone, size, batch, repeat, precision, xla)
     else:
-        result = run_train(size, batch, repeat, precision)
-    return {"case": case, "precision": precision or "float32", **result,
-            "TF_ENABLE_ONEDNN_OPTS": os.environ.get("TF_ENABLE_ONEDNN_OPTS", ""), "peak_rss_mb": round(peak_rss_mb()), "tf": tf.__version__,
+        result = run_train(size, batch, repeat, precision, xla)
+    return {"case": case, "precision": precision or "float32", "xla": xla, **result,
+            "TF_ENABLE_ONEDNN_OPTS": os.environ.get("TF_ENABLE_ONEDNN_OPTS", ""),
+            "peak_rss_mb": round(peak_rss_mb()), "tf": tf.__version__,
             "gpus": len(tf.config.list_physical_devices("GPU")), **environment(threads)}
 
 
@@ -159,15 +162,18 @@ def main():
                         help="TensorFlow intra-op and inter-op threads (default: the CPU count)")
     parser.add_argument("--precision", choices=["None", "mixed_bfloat16", "mixed_float16"],
                         default="None", help="Config.MIXED_PRECISION (default None: float32)")
+    parser.add_argument("--xla", action="store_true", help="Config.XLA = True")
     args = parser.parse_args()
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     if args.case:
         precision = None if args.precision == "None" else args.precision
-        print(json.dumps(run_case(args.case, args.repeat, args.threads, precision)), flush=True)
+        print(json.dumps(run_case(args.case, args.repeat, args.threads, precision, args.xla)),
+              flush=True)
         return
     for case in CASES:
         proc = subprocess.run([sys.executable, __file__, "--case", case, "--repeat", str(args.repeat),
-                               "--threads", str(args.threads), "--precision", args.precision],
+                               "--threads", str(args.threads), "--precision", args.precision]
+                              + ["--xla"] * args.xla,
                               capture_output=True, text=True)
         lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
         print(lines[-1] if lines else json.dumps({"case": case, "error": proc.stderr.strip()[-800:]}),

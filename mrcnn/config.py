@@ -182,6 +182,18 @@ class Config:
     # mrcnn.graph). Applied when the model is built.
     MIXED_PRECISION = None
 
+    # True: detect() and training run the backbone, FPN and RPN head (the part
+    # with static shapes) as one XLA-compiled function, the rest (NMS,
+    # crop_and_resize: no XLA kernels) as before (not in matterport's Config).
+    # Same weights, layer names and exports (the SavedModel runs without XLA).
+    # Off by default: on a 2-core AMD EPYC CPU it gained nothing in detect()
+    # (ResNet-50, 1x1024^2: 3.3-3.6 s vs 3.2 s; 8x128^2: the same within noise;
+    # 2-3 s longer first call) and made training slower (2x1024^2 step 21.1 vs
+    # 19.3 s, more memory). Training with SEED set is refused (no deterministic
+    # XLA MaxPool gradient). benchmarks/README.md has the numbers, mrcnn/xla.py
+    # what keeps XLA off the rest of the graph.
+    XLA = False
+
     def __init__(self):
         self.BATCH_SIZE = self.IMAGES_PER_GPU * self.GPU_COUNT
         side = self.IMAGE_MIN_DIM if self.IMAGE_RESIZE_MODE == "crop" else self.IMAGE_MAX_DIM
@@ -230,7 +242,9 @@ class Config:
         if self.SEED is not None:
             check_int("SEED", 0)
         for attr, meaning in (("TRAIN_BN", "None or True (train BatchNorm) or False (freeze it)"),
-                              ("ROI_ALIGN_ALIGNED", "True or False")):
+                              ("ROI_ALIGN_ALIGNED", "True or False"),
+                              ("XLA", "True (compile the backbone, FPN and RPN head with XLA) "
+                                      "or False")):
             value = getattr(self, attr)
             if not (isinstance(value, (bool, np.bool_)) or (value is None and attr == "TRAIN_BN")):
                 fail(attr, f"is {value!r}", f"Set it to {meaning}, not a string or number.")

@@ -265,6 +265,7 @@ class TrainingModel(keras.Model):
                              for name in LOSS_NAMES}
         self.weight_decay = float(weight_decay)
         self.loss_trackers = [keras.metrics.Mean(name=name) for name in ("loss",) + LOSS_NAMES]
+        self.xla_split = None  # an mrcnn.xla.XlaSplit when Config.XLA: the forward pass
 
     @property
     def metrics(self):
@@ -272,7 +273,8 @@ class TrainingModel(keras.Model):
 
     def _loss_values(self, x, training):
         """The total loss and the weighted losses by name, for one (replica) batch."""
-        outputs = dict(zip(self.output_names, self(x, training=training)))
+        forward = self.xla_split or self
+        outputs = dict(zip(self.output_names, forward(x, training=training)))
         losses = {name: tf.reduce_mean(outputs[name]) * self.loss_weights[name]
                   for name in LOSS_NAMES}
         total = tf.add_n(list(losses.values()))

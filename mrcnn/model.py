@@ -36,6 +36,7 @@ from mrcnn.roi_heads import (  # noqa: F401
 from mrcnn.rpn import (  # noqa: F401
     ProposalLayer, build_rpn_model, rpn_bbox_loss_graph, rpn_class_loss_graph)
 from mrcnn.weights import keras2_layout, load_weights_by_name, save_weights_by_name
+from mrcnn.xla import XlaSplit
 
 # train(layers=...) presets: regular expressions over layer names.
 LAYER_PRESETS = {
@@ -142,6 +143,13 @@ class MaskRCNN:
         self.config = config
         self.model_dir = model_dir
         self.set_log_dir()
+        if config.XLA and config.SEED is not None and mode == "training" \
+                and not tf.config.list_physical_devices("GPU"):
+            raise ValueError(
+                "Config.XLA = True cannot train with Config.SEED set: SEED turns on TensorFlow's "
+                "op determinism, and XLA has no deterministic MaxPool gradient (\"MaxPool gradient "
+                "ops do not yet have a deterministic XLA implementation\"). Set SEED = None or "
+                "XLA = False for training; inference takes both.")
         if config.SEED is not None:
             keras.utils.set_random_seed(config.SEED)  # Python, numpy and TF: the initial weights
             if not tf.config.list_physical_devices("GPU"):
@@ -154,7 +162,14 @@ class MaskRCNN:
                                 else build_inference_model(config))
         self._anchor_cache = {}
         self._graph_cache = {}
-        self._predict = tf.function(lambda inputs: self.keras_model(inputs, training=False),
+        self._xla_split = None
+        forward = self.keras_model
+        if config.XLA:  # the backbone, FPN and RPN head under XLA; see mrcnn.xla
+            with self._strategy.scope():
+                forward = self._xla_split = XlaSplit(self.keras_model, mode)
+            if mode == "training":
+                self.keras_model.xla_split = forward
+        self._predict = tf.function(lambda inputs: forward(inputs, training=False),
                                     jit_compile=False)
 
     # ------------------------------------------------------------ checkpoints
