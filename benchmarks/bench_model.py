@@ -36,6 +36,19 @@ CASES = ["detect_r50_128", "detect_r50_8x128", "detect_r50_1024", "detect_r101_1
 BACKBONES = {"r50": "resnet50", "r101": "resnet101"}
 
 
+def case_name(case):
+    """argparse type: a case name that parse_case understands."""
+    try:
+        kind, _, _, _ = parse_case(case)
+        if kind not in ("detect", "train"):
+            raise ValueError(kind)
+    except (ValueError, KeyError) as error:
+        raise argparse.ArgumentTypeError(
+            f"{case!r} is not a case: use detect|train, r50|r101 and [BATCHx]SIZE, "
+            f"e.g. {CASES[1]}") from error
+    return case
+
+
 def parse_case(case):
     """"detect_r50_8x128" -> ("detect", "resnet50", 8, 128); a bare size means one image."""
     kind, backbone, shape = case.split("_")
@@ -156,7 +169,9 @@ def run_case(case, repeat, threads, precision=None, xla=False):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--case", choices=CASES)
+    parser.add_argument("--case", type=case_name,
+                        help=f"one of {CASES} or another KIND_BACKBONE_[BATCHx]SIZE, e.g. "
+                             "train_r50_8x1024 (a GPU's batch)")
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--threads", type=int, default=os.cpu_count(),
                         help="TensorFlow intra-op and inter-op threads (default: the CPU count)")

@@ -1,6 +1,7 @@
 """Does the input pipeline keep up with the train step? Prints JSON lines, then a table.
 
     python benchmarks/bench_pipeline.py [--configs 8x128 2x1024] [--workers 1 2 4] [--batches 12]
+        [--steps 4] [--precision None|mixed_bfloat16|mixed_float16]
 
 Per config (the shapes sample's images, ResNet-50, as bench_model's train cases): the
 batches/s `mrcnn.pipeline.training_dataset` delivers alone with 1, 2 and 4 loading
@@ -65,13 +66,16 @@ def main():
     parser.add_argument("--workers", nargs="+", type=int, default=[1, 2, 4])
     parser.add_argument("--batches", type=int, default=12, help="pipeline batches timed")
     parser.add_argument("--steps", type=int, default=4, help="train steps timed")
+    parser.add_argument("--precision", choices=["None", "mixed_bfloat16", "mixed_float16"],
+                        default="None", help="Config.MIXED_PRECISION of the train step")
     args = parser.parse_args()
     from samples.shapes.shapes import make_dataset
 
     rows = []
     for name in args.configs:
         batch, size = (int(v) for v in name.split("x"))
-        config = make_config("resnet50", size, batch, "training")
+        config = make_config("resnet50", size, batch, "training",
+                             None if args.precision == "None" else args.precision)
         dataset = make_dataset(64, config, seed=0)
         step, fed = step_rates(dataset, config, args.steps)
         for workers in args.workers:
@@ -79,6 +83,7 @@ def main():
             row = {"config": name, "workers": workers, "pipeline_batches_per_s": round(rate, 3),
                    "step_batches_per_s": round(step, 3), "ratio": round(rate / step, 2),
                    "target_ratio": TARGETS.get(size), "fit_fed_batches_per_s": round(fed, 3),
+                   "precision": args.precision,
                    "cpu_model": cpu_model(), "cpu_count": os.cpu_count()}
             rows.append(row)
             print(json.dumps(row), flush=True)
