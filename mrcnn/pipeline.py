@@ -11,9 +11,9 @@ pipelines.
 
 Epoch e is a function of (seed, e) alone when seeded: its image order is a
 concatenation of permutations drawn from (seed, e, pass), and every random
-draw of the image at position j (crop, augmentation, anchor and RoI sampling)
-comes from its own generator seeded by (seed, e, j), whatever the number of
-workers and the order they finish in.
+draw of the image at position j (crop, augmentation, RPN anchor sampling,
+random RoIs) comes from its own generator seeded by (seed, e, j), whatever
+the number of workers and the order they finish in.
 """
 
 import logging
