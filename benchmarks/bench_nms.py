@@ -1,6 +1,6 @@
 """NMS in ProposalLayer and DetectionLayer: the former tf.map_fn of
 tf.image.non_max_suppression (per image; per image and class) against the
-layers' one combined NMS (graph_utils.ranked_nms); prints JSON lines.
+layers' one combined NMS (tf_ops.ranked_nms); prints JSON lines.
 
     python benchmarks/bench_nms.py [--repeat 9]
 
@@ -31,8 +31,8 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from mrcnn import utils  # noqa: E402
-from mrcnn.graph_utils import (apply_box_deltas_graph, clip_boxes_graph, norm_boxes_graph,  # noqa: E402
-                               parse_image_meta_graph)
+from mrcnn.geometry import apply_box_deltas_graph, clip_boxes_graph, norm_boxes_graph  # noqa: E402
+from mrcnn.image_meta import parse_image_meta_graph  # noqa: E402
 from mrcnn.roi_heads import DetectionLayer  # noqa: E402
 from mrcnn.rpn import ProposalLayer  # noqa: E402
 

@@ -1,4 +1,4 @@
-"""data.build_rpn_targets: the full [anchors, boxes] IoU matrix it used ("old", the
+"""targets.build_rpn_targets: the full [anchors, boxes] IoU matrix it used ("old", the
 reference copy in tests/test_rpn_targets.py) against the pairs-that-matter version ("new");
 prints one JSON line per case, old and new side by side.
 
@@ -52,16 +52,16 @@ def main():
     args = parser.parse_args()
 
     import numpy as np
-    from mrcnn import data
+    from mrcnn import geometry, targets
     from tests.test_rpn_targets import Defaults1024, Shapes128, reference_build_rpn_targets
 
     env = {"cpu": cpu_model(), "cores": os.cpu_count(), "numpy": np.__version__}
     configs = {"defaults": Defaults1024(), "shapes": Shapes128()}
-    fns = {"old": reference_build_rpn_targets, "new": data.build_rpn_targets}
+    fns = {"old": reference_build_rpn_targets, "new": targets.build_rpn_targets}
     for case in args.case or list(CASES):
         kind, n = CASES[case]
         config = configs[kind]
-        anchors = data.compute_anchors(config, config.IMAGE_SHAPE)
+        anchors = geometry.compute_anchors(config, config.IMAGE_SHAPE)
         rng = np.random.default_rng(n)
         images = [make_boxes(rng, kind, n, config.IMAGE_SHAPE[0]) for _ in range(args.images)]
         class_ids = np.ones(n, np.int32)

@@ -28,7 +28,8 @@ def old_layer_class():
     """DetectionTargetLayer as it was before vectorising: tf.map_fn over the
     images, trimming with boolean_mask, tf.random.shuffle, one roi_align per image."""
     import tensorflow as tf
-    from mrcnn.graph_utils import box_refinement_graph, overlaps_graph, trim_zeros_graph
+    from mrcnn.geometry import box_refinement_graph, overlaps_graph
+    from mrcnn.tf_ops import trim_zeros_graph
     from mrcnn.roi_align import roi_align
     from mrcnn.roi_heads import DetectionTargetLayer
 

@@ -1,53 +1,11 @@
-"""ResNet-50/101 backbone with matterport's layer names, and its BatchNorm."""
+"""ResNet-50/101 backbone with matterport's layer names."""
 
 import math
 
 import keras
 import numpy as np
 
-
-def is_symbolic(inputs):
-    """True while a layer is being wired into a functional graph."""
-    return any(isinstance(t, keras.KerasTensor) for t in keras.tree.flatten(inputs))
-
-
-@keras.saving.register_keras_serializable(package="mrcnn")
-class BatchNorm(keras.layers.BatchNormalization):
-    """BatchNormalization whose `training=False` at graph-building time sticks.
-
-    matterport wires every BN with `training=config.TRAIN_BN`; False freezes
-    the layer: it normalises with its moving statistics, in training too.
-    Keras 2 baked that argument into the graph, but a Keras 3 functional model
-    replaces it with the model's own `training` flag, which would silently
-    unfreeze these layers in `fit`. So a BatchNorm wired with `training=False`
-    records `frozen=True` (serialised) and always runs in inference mode;
-    gamma and beta still train when the layer is trainable, as in matterport.
-    Otherwise `training` passes through unchanged.
-    """
-
-    def __init__(self, *args, frozen=False, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.frozen = bool(frozen)
-
-    def __call__(self, inputs, *args, **kwargs):
-        if kwargs.get("training") is False and is_symbolic(inputs):
-            self.frozen = True
-        return super().__call__(inputs, *args, **kwargs)
-
-    def call(self, inputs, training=None, mask=None):
-        return super().call(inputs, training=False if self.frozen else training, mask=mask)
-
-    def get_config(self):
-        return {**super().get_config(), "frozen": self.frozen}
-
-
-def bn_training(train_bn):
-    """The `training` argument for BN layers given matterport's train_bn flag.
-
-    False: frozen. None (matterport's "train BN, the normal mode") and True:
-    follow the model's phase. matterport passed train_bn itself, so True forced
-    batch statistics even at inference (a known bug)."""
-    return None if train_bn is None or train_bn else False
+from mrcnn.base_layers import BatchNorm, bn_training
 
 
 def _bottleneck(input_tensor, kernel_size, filters, stage, block, strides,

@@ -32,7 +32,7 @@ import tempfile
 import numpy as np
 import tensorflow as tf
 
-from mrcnn import utils
+from mrcnn import files
 
 
 def _axis_weights(out_size, in_size):
@@ -199,7 +199,7 @@ def export_saved_model(model, path, overwrite=False):
             shutil.rmtree(path)
         elif os.path.exists(path):
             os.remove(path)
-        utils.apply_umask(tmp)
+        files.apply_umask(tmp)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

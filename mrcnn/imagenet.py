@@ -39,7 +39,7 @@ import os
 import keras
 import numpy as np
 
-from mrcnn import utils
+from mrcnn import files
 from mrcnn.backbone import resnet_graph
 from mrcnn.weights import _Keras2File, save_weights_by_name
 
@@ -140,7 +140,7 @@ def imagenet_weights(backbone, url=None, cache_dir=None, verbose=1):
     if not os.path.exists(source):
         what = "ResNet-50 ImageNet weights" if backbone == "resnet50" else \
             "keras.applications' ResNet-101 ImageNet weights"
-        utils.download_file(url, source, verbose=verbose, what=what)
+        files.download_file(url, source, verbose=verbose, what=what)
     if backbone == "resnet101":
         if verbose:
             print(f"Converting {source} to matterport's layer names: {target}")

@@ -19,22 +19,22 @@ import numpy as np
 import tensorflow as tf
 
 from mrcnn import utils
-from mrcnn.backbone import BatchNorm, compute_backbone_shapes, resnet_graph  # noqa: F401
-from mrcnn.data import (  # noqa: F401
-    build_detection_targets, build_rpn_targets, compose_image_meta,
-    compute_anchors, data_generator, generate_random_rois, load_image_gt, mold_image,
-    parse_image_meta, unmold_image)
-from mrcnn.dataset import to_channels
+from mrcnn.backbone import compute_backbone_shapes, resnet_graph  # noqa: F401
+from mrcnn.base_layers import BatchNorm  # noqa: F401
 from mrcnn.export import export_saved_model
-from mrcnn.graph import build_inference_model, build_training_model
-from mrcnn.graph_utils import parse_image_meta_graph  # noqa: F401
+from mrcnn.geometry import compute_anchors
+from mrcnn.ground_truth import load_image_gt  # noqa: F401
+from mrcnn.image_meta import compose_image_meta, parse_image_meta, parse_image_meta_graph  # noqa: F401
 from mrcnn.imagenet import RESNET50_IMAGENET_URL, RESNET101_IMAGENET_URL, imagenet_weights  # noqa: F401
-from mrcnn.pipeline import _pipeline
+from mrcnn.images import mold_image, to_channels, unmold_image  # noqa: F401
+from mrcnn.mask_rcnn import build_inference_model, build_training_model
+from mrcnn.pipeline import _pipeline, data_generator  # noqa: F401
 from mrcnn.roi_heads import (  # noqa: F401
     DetectionLayer, DetectionTargetLayer, PyramidROIAlign, build_fpn_mask_graph,
     fpn_classifier_graph, mrcnn_bbox_loss_graph, mrcnn_class_loss_graph, mrcnn_mask_loss_graph)
 from mrcnn.rpn import (  # noqa: F401
     ProposalLayer, build_rpn_model, rpn_bbox_loss_graph, rpn_class_loss_graph)
+from mrcnn.targets import build_detection_targets, build_rpn_targets, generate_random_rois  # noqa: F401
 from mrcnn.weights import keras2_layout, load_weights_by_name, save_weights_by_name
 from mrcnn.xla import XlaSplit
 

@@ -23,8 +23,10 @@ import threading
 import numpy as np
 import tensorflow as tf
 
-from mrcnn.data import (MAX_CONSECUTIVE_ERRORS, TrainingShapeError, _check_dataset, _describe,
-                        _load_sample, _pad_instances, compute_anchors, mold_image)
+from mrcnn.geometry import compute_anchors
+from mrcnn.ground_truth import (MAX_CONSECUTIVE_ERRORS, TrainingShapeError, _check_dataset, _collate,
+                                _describe, _load_sample, _pad_instances)
+from mrcnn.images import mold_image
 
 logger = logging.getLogger(__name__)
 
@@ -201,7 +203,7 @@ def training_dataset(dataset, config, *, shuffle=True, augmentation=None,
     pipeline's shard of positions and its per-replica batch size.
 
     Images without instances (unless their image_info has "train_empty", see
-    `data._load_sample`) and images that fail to load (logged with the
+    `ground_truth._load_sample`) and images that fail to load (logged with the
     traceback) are skipped, so every batch is full; more than
     MAX_CONSECUTIVE_ERRORS failures in a row, an image of the wrong size, or a
     dataset with no instances at all stop the pipeline with that error.
@@ -217,3 +219,68 @@ def dataset_fn(dataset, config, **kwargs):
     for `strategy.distribute_datasets_from_function` or `MaskRCNN.train`."""
     return lambda input_context: training_dataset(dataset, config, input_context=input_context,
                                                   **kwargs)
+
+
+def data_generator(dataset, config, shuffle=True, augment=False, augmentation=None,
+                   random_rois=0, batch_size=1, detection_targets=False,
+                   no_augmentation_sources=None):
+    """Endless generator of training batches `(inputs, outputs)`, as matterport's.
+
+    inputs: images [B, H, W, C] float32 (molded), image_meta [B, 12 + NUM_CLASSES]
+    float64, rpn_match [B, A, 1] int32, rpn_bbox [B, RPN_TRAIN_ANCHORS_PER_IMAGE, 4],
+    gt_class_ids [B, MAX_GT_INSTANCES] int32, gt_boxes [B, MAX_GT_INSTANCES, 4]
+    int32, gt_masks [B, h, w, MAX_GT_INSTANCES] bool; with random_rois > 0
+    also rpn_rois [B, random_rois, 4], and with detection_targets the
+    `build_detection_targets` rois as an input and class ids [B, T, 1], deltas
+    and masks as outputs (otherwise outputs is []).
+
+    The order is reshuffled after each pass when `shuffle`. Images without
+    instances are skipped (the count is logged) unless their image_info has
+    "train_empty" (see `_load_sample`). An image that fails to load
+    is logged with its traceback and skipped; after more than
+    MAX_CONSECUTIVE_ERRORS failures in a row the error is raised (matterport
+    counted all failures of the run and raised after six). Sources listed in
+    `no_augmentation_sources` get neither `augmentation` nor `augment`.
+    """
+    _check_dataset(dataset, config)
+    image_ids = np.copy(dataset.image_ids)
+    no_augmentation_sources = no_augmentation_sources or []
+    anchors = compute_anchors(config, config.IMAGE_SHAPE)
+    index, errors, skipped, empty_run = -1, 0, 0, 0
+    samples = []
+    while True:
+        index = (index + 1) % len(image_ids)
+        if shuffle and index == 0:
+            np.random.shuffle(image_ids)
+        image_id = image_ids[index]
+        plain = dataset.image_info[image_id]["source"] in no_augmentation_sources
+        try:
+            sample = _load_sample(dataset, config, image_id, anchors,
+                                  None if plain else augmentation, random_rois,
+                                  detection_targets, augment=augment and not plain)
+        except TrainingShapeError:
+            raise
+        except Exception as e:
+            errors += 1
+            logger.error("Error processing image %s; skipped.", _describe(dataset, image_id),
+                         exc_info=True)
+            if errors > MAX_CONSECUTIVE_ERRORS:
+                e.add_note(f"data_generator: {errors} images in a row failed to load; "
+                           "the last error is raised.")
+                raise
+            continue
+        errors = 0
+        if sample is None:
+            skipped += 1
+            empty_run += 1
+            logger.warning("Image %s has no instances; skipped (%d skipped so far).",
+                           _describe(dataset, image_id), skipped)
+            if empty_run >= 2 * len(image_ids):  # a whole shuffled pass had none
+                raise ValueError("data_generator: no image of the dataset has instances "
+                                 "(check load_mask and the class ids).")
+            continue
+        empty_run = 0
+        samples.append(sample)
+        if len(samples) == batch_size:
+            yield _collate(samples, config)
+            samples = []

@@ -4,12 +4,12 @@ detection post-processing, and the head losses."""
 import keras
 import tensorflow as tf
 
-from mrcnn.backbone import BatchNorm, bn_training, is_symbolic
+from mrcnn.base_layers import BatchNorm, bn_training, is_symbolic
 from mrcnn.config import DETECTION_CLASS_MODES
-from mrcnn.graph_utils import (GraphLayer, LossLayer, apply_box_deltas_graph, box_refinement_graph,
-                               clip_boxes_graph, mean_or_zero, norm_boxes_graph,
-                               overlaps_graph, parse_image_meta_graph, ranked_nms, setting,
-                               smooth_l1_loss)
+from mrcnn.base_layers import GraphLayer, LossLayer, setting
+from mrcnn.geometry import apply_box_deltas_graph, box_refinement_graph, clip_boxes_graph, norm_boxes_graph, overlaps_graph
+from mrcnn.image_meta import parse_image_meta_graph
+from mrcnn.tf_ops import mean_or_zero, ranked_nms, smooth_l1_loss
 from mrcnn.roi_align import roi_align
 
 

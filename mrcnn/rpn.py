@@ -7,9 +7,9 @@ import numpy as np
 import tensorflow as tf
 
 from mrcnn import utils
-from mrcnn.graph_utils import (GraphLayer, LossLayer, apply_box_deltas_graph, batch_pack_graph,
-                               clip_boxes_graph, mean_or_zero, ranked_nms, setting,
-                               smooth_l1_loss)
+from mrcnn.base_layers import GraphLayer, LossLayer, setting
+from mrcnn.geometry import apply_box_deltas_graph, clip_boxes_graph
+from mrcnn.tf_ops import batch_pack_graph, mean_or_zero, ranked_nms, smooth_l1_loss
 
 
 def rpn_graph(feature_map, anchors_per_location, anchor_stride):

@@ -1,4 +1,4 @@
-"""The numpy toolbox of Mask R-CNN: boxes, masks, resizing, anchors, AP.
+"""The numpy toolbox of Mask R-CNN under matterport's names: boxes, masks, resizing, anchors, AP.
 
 These functions are the numeric ground truth of the library: for the same
 inputs they return the same values, dtypes and shapes as matterport's
@@ -8,23 +8,20 @@ behaviour is kept and the docstring says so.
 Boxes are (y1, x1, y2, x2) in pixels; y2 and x2 are exclusive.
 """
 
-import os
 import random
-import shutil
-import tempfile
-import urllib.error
-import urllib.request
 import warnings
 
 import numpy as np
 import scipy.ndimage
 import skimage.transform
 
-from mrcnn.dataset import Dataset  # noqa: F401  (part of the utils API, as in matterport)
-
-# Matterport's released COCO weights.
-COCO_MODEL_URL = "https://github.com/matterport/Mask_RCNN/releases/download/v2.0/mask_rcnn_coco.h5"
-
+# matterport's utils held these too; they live where they belong and stay importable from here.
+from mrcnn.dataset import Dataset  # noqa: F401
+from mrcnn.files import COCO_MODEL_URL, download_trained_weights  # noqa: F401
+from mrcnn.geometry import (  # noqa: F401
+    apply_box_deltas, box_refinement, compute_iou, compute_overlaps, denorm_boxes,
+    generate_anchors, generate_pyramid_anchors, norm_boxes)
+from mrcnn.tf_ops import batch_slice  # noqa: F401
 
 ############################################################
 #  Bounding boxes
@@ -43,27 +40,6 @@ def extract_bboxes(mask):
         if cols.shape[0]:
             boxes[i] = [rows[0], cols[0], rows[-1] + 1, cols[-1] + 1]
     return boxes
-
-
-def compute_iou(box, boxes, box_area, boxes_area):
-    """IoU of one box with each of `boxes`, given their precomputed areas."""
-    y1 = np.maximum(box[0], boxes[:, 0])
-    y2 = np.minimum(box[2], boxes[:, 2])
-    x1 = np.maximum(box[1], boxes[:, 1])
-    x2 = np.minimum(box[3], boxes[:, 3])
-    intersection = np.maximum(x2 - x1, 0) * np.maximum(y2 - y1, 0)
-    union = box_area + boxes_area[:] - intersection[:]
-    return intersection / union
-
-
-def compute_overlaps(boxes1, boxes2):
-    """IoU matrix [len(boxes1), len(boxes2)] (float64) of two box sets."""
-    area1 = (boxes1[:, 2] - boxes1[:, 0]) * (boxes1[:, 3] - boxes1[:, 1])
-    area2 = (boxes2[:, 2] - boxes2[:, 0]) * (boxes2[:, 3] - boxes2[:, 1])
-    overlaps = np.zeros((boxes1.shape[0], boxes2.shape[0]))
-    for i in range(overlaps.shape[1]):
-        overlaps[:, i] = compute_iou(boxes2[i], boxes1, area2[i], area1)
-    return overlaps
 
 
 def compute_overlaps_masks(masks1, masks2):
@@ -102,41 +78,6 @@ def non_max_suppression(boxes, scores, threshold):
         ixs = np.delete(ixs, remove_ixs)
         ixs = np.delete(ixs, 0)
     return np.array(pick, dtype=np.int32)
-
-
-def apply_box_deltas(boxes, deltas):
-    """Apply [N, (dy, dx, log(dh), log(dw))] to boxes [N, 4]; float32 result."""
-    boxes = boxes.astype(np.float32)
-    height = boxes[:, 2] - boxes[:, 0]
-    width = boxes[:, 3] - boxes[:, 1]
-    center_y = boxes[:, 0] + 0.5 * height
-    center_x = boxes[:, 1] + 0.5 * width
-    center_y += deltas[:, 0] * height
-    center_x += deltas[:, 1] * width
-    height *= np.exp(deltas[:, 2])
-    width *= np.exp(deltas[:, 3])
-    y1 = center_y - 0.5 * height
-    x1 = center_x - 0.5 * width
-    return np.stack([y1, x1, y1 + height, x1 + width], axis=1)
-
-
-def box_refinement(box, gt_box):
-    """Deltas [N, (dy, dx, log(dh), log(dw))] that turn `box` into `gt_box` (float32)."""
-    box = box.astype(np.float32)
-    gt_box = gt_box.astype(np.float32)
-    height = box[:, 2] - box[:, 0]
-    width = box[:, 3] - box[:, 1]
-    center_y = box[:, 0] + 0.5 * height
-    center_x = box[:, 1] + 0.5 * width
-    gt_height = gt_box[:, 2] - gt_box[:, 0]
-    gt_width = gt_box[:, 3] - gt_box[:, 1]
-    gt_center_y = gt_box[:, 0] + 0.5 * gt_height
-    gt_center_x = gt_box[:, 1] + 0.5 * gt_width
-    dy = (gt_center_y - center_y) / height
-    dx = (gt_center_x - center_x) / width
-    dh = np.log(gt_height / height)
-    dw = np.log(gt_width / width)
-    return np.stack([dy, dx, dh, dw], axis=1)
 
 
 ############################################################
@@ -297,40 +238,6 @@ def unmold_mask(mask, bbox, image_shape):
 #  Anchors
 ############################################################
 
-def generate_anchors(scales, ratios, shape, feature_stride, anchor_stride):
-    """Anchors [N, (y1, x1, y2, x2)] (float64, pixels) for one feature map.
-
-    scales: anchor side lengths; ratios: width/height ratios; shape: [h, w] of
-    the feature map; feature_stride: its stride in pixels; anchor_stride: step
-    between anchors in feature-map cells. Anchors are centred on
-    cell * feature_stride; ordered by row, then column, then ratio-major
-    (scale, ratio) combination.
-    """
-    scales, ratios = np.meshgrid(np.array(scales), np.array(ratios))
-    scales = scales.flatten()
-    ratios = ratios.flatten()
-    heights = scales / np.sqrt(ratios)
-    widths = scales * np.sqrt(ratios)
-
-    shifts_y = np.arange(0, shape[0], anchor_stride) * feature_stride
-    shifts_x = np.arange(0, shape[1], anchor_stride) * feature_stride
-    shifts_x, shifts_y = np.meshgrid(shifts_x, shifts_y)
-
-    box_widths, box_centers_x = np.meshgrid(widths, shifts_x)
-    box_heights, box_centers_y = np.meshgrid(heights, shifts_y)
-    box_centers = np.stack([box_centers_y, box_centers_x], axis=2).reshape([-1, 2])
-    box_sizes = np.stack([box_heights, box_widths], axis=2).reshape([-1, 2])
-    return np.concatenate([box_centers - 0.5 * box_sizes,
-                           box_centers + 0.5 * box_sizes], axis=1)
-
-
-def generate_pyramid_anchors(scales, ratios, feature_shapes, feature_strides, anchor_stride):
-    """Anchors of every pyramid level, concatenated level by level (scale i at level i)."""
-    return np.concatenate([
-        generate_anchors(scales[i], ratios, feature_shapes[i], feature_strides[i], anchor_stride)
-        for i in range(len(scales))], axis=0)
-
-
 ############################################################
 #  Evaluation
 ############################################################
@@ -450,102 +357,7 @@ def compute_recall(pred_boxes, gt_boxes, iou):
 #  Coordinates and batching
 ############################################################
 
-def norm_boxes(boxes, shape):
-    """Pixel boxes -> normalised float32 boxes, (y2, x2) made inclusive: (b - [0,0,1,1]) / (shape - 1)."""
-    h, w = shape
-    scale = np.array([h - 1, w - 1, h - 1, w - 1])
-    shift = np.array([0, 0, 1, 1])
-    return np.divide((boxes - shift), scale).astype(np.float32)
-
-
-def denorm_boxes(boxes, shape):
-    """Normalised boxes -> int32 pixel boxes (inverse of `norm_boxes`, rounded)."""
-    h, w = shape
-    scale = np.array([h - 1, w - 1, h - 1, w - 1])
-    shift = np.array([0, 0, 1, 1])
-    return np.around(np.multiply(boxes, scale) + shift).astype(np.int32)
-
-
-def batch_slice(inputs, graph_fn, batch_size, names=None):
-    """Run `graph_fn` on each of `batch_size` slices of `inputs` and stack the results.
-
-    For TF code written for one item; prefer vectorised ops in new code.
-    """
-    import tensorflow as tf
-
-    if not isinstance(inputs, list):
-        inputs = [inputs]
-    outputs = []
-    for i in range(batch_size):
-        output_slice = graph_fn(*[x[i] for x in inputs])
-        if not isinstance(output_slice, (tuple, list)):
-            output_slice = [output_slice]
-        outputs.append(output_slice)
-    outputs = list(zip(*outputs))
-    if names is None:
-        names = [None] * len(outputs)
-    result = [tf.stack(o, axis=0, name=n) for o, n in zip(outputs, names)]
-    return result[0] if len(result) == 1 else result
-
-
 ############################################################
 #  Downloads
 ############################################################
-
-def apply_umask(path):
-    """Give a file or folder made by `tempfile` (private: 0600 / 0700) the permissions
-    the umask gives any new one, before it is renamed into place."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(path, (0o777 if os.path.isdir(path) else 0o666) & ~umask)
-
-
-def download_file(url, path, verbose=1, what="file"):
-    """Download `url` to `path` atomically (temp file in the same folder, then rename).
-
-    Shows a progress bar when verbose. On any network failure raises
-    RuntimeError saying where to download the file by hand and where to put
-    it; nothing is left at `path` unless the download completed.
-    """
-    path = os.path.abspath(path)
-    folder = os.path.dirname(path)
-    os.makedirs(folder, exist_ok=True)
-    if verbose:
-        print(f"Downloading {what} to {path} ...")
-    fd, tmp_path = tempfile.mkstemp(prefix=".download-", suffix=".part", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=60) as resp:
-            total = int(resp.headers.get("Content-Length") or 0) or None
-            _copy_with_progress(resp, out, total, verbose)
-            if total is not None and out.tell() != total:
-                raise OSError(f"connection closed after {out.tell()} of {total} bytes")
-        apply_umask(tmp_path)
-        os.replace(tmp_path, path)
-    except (urllib.error.URLError, OSError, ValueError) as e:  # ValueError: a malformed URL
-        if os.path.exists(tmp_path):
-            os.remove(tmp_path)
-        reason = getattr(e, "reason", e)
-        raise RuntimeError(
-            f"Could not download {what} from {url}: {reason}. If this machine is offline, "
-            f"download it elsewhere and copy it to {path}.") from e
-    if verbose:
-        print(f"... done downloading {what}.")
-    return path
-
-
-def _copy_with_progress(src, dst, total, verbose):
-    from tqdm import tqdm
-
-    with tqdm(total=total, unit="B", unit_scale=True, disable=not verbose) as bar:
-        while True:
-            chunk = src.read(1 << 20)
-            if not chunk:
-                break
-            dst.write(chunk)
-            bar.update(len(chunk))
-
-
-def download_trained_weights(coco_model_path, verbose=1, url=COCO_MODEL_URL):
-    """Download matterport's COCO-trained weights (mask_rcnn_coco.h5, 246 MB) to `coco_model_path`."""
-    return download_file(url, coco_model_path, verbose=verbose, what="pretrained COCO weights")
 

@@ -25,7 +25,7 @@ import h5py
 import keras
 import numpy as np
 
-from mrcnn import utils
+from mrcnn import files
 
 # `exclude` presets: "heads_for_new_classes" drops the layers whose shapes
 # depend on NUM_CLASSES, as matterport's README does for fine-tuning.
@@ -500,7 +500,7 @@ def save_weights_by_name(model, filepath):
             os.fsync(fd)
         finally:
             os.close(fd)
-        utils.apply_umask(tmp)
+        files.apply_umask(tmp)
         os.replace(tmp, filepath)
     except BaseException:
         if os.path.exists(tmp):

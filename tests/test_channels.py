@@ -4,8 +4,9 @@ import numpy as np
 import pytest
 
 from mrcnn import model as modellib
-from mrcnn.data import load_image_gt, mold_image
-from mrcnn.dataset import to_channels
+from mrcnn.ground_truth import load_image_gt
+from mrcnn.images import mold_image
+from mrcnn.images import to_channels
 from mrcnn.weights import adapt_input_kernel, load_weights_by_name, save_weights_by_name
 from samples.shapes import shapes
 from tests.conftest import TinyConfig, TinyShapes

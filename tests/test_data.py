@@ -7,7 +7,7 @@ import types
 import numpy as np
 import pytest
 
-from mrcnn import data, utils
+from mrcnn import geometry, ground_truth, image_meta, images, pipeline, targets, utils
 from mrcnn.backbone import compute_backbone_shapes
 from tests.conftest import TinyConfig
 
@@ -77,11 +77,11 @@ def one_square_dataset(**kw):
 ############################################################
 
 def test_image_meta_roundtrip_and_mold(config):
-    meta = data.compose_image_meta(7, (96, 64, 3), (128, 128, 3), (0, 21, 128, 107), 4 / 3,
+    meta = image_meta.compose_image_meta(7, (96, 64, 3), (128, 128, 3), (0, 21, 128, 107), 4 / 3,
                                    np.array([1, 0, 1], np.int32))
     assert meta.shape == (12 + 3,) and meta.dtype == np.float64
-    for parsed, index in ((data.parse_image_meta(meta[np.newaxis]), (0,)),
-                          (data.parse_image_meta(meta), ())):
+    for parsed, index in ((image_meta.parse_image_meta(meta[np.newaxis]), (0,)),
+                          (image_meta.parse_image_meta(meta), ())):
         assert parsed["image_id"][index] == 7
         assert list(parsed["original_image_shape"][index]) == [96, 64, 3]
         assert list(parsed["image_shape"][index]) == [128, 128, 3]
@@ -89,10 +89,10 @@ def test_image_meta_roundtrip_and_mold(config):
         assert parsed["scale"][index] == pytest.approx(4 / 3)
         assert list(parsed["active_class_ids"][index]) == [1, 0, 1]
     image = np.random.RandomState(0).randint(0, 256, (8, 8, 3)).astype(np.uint8)
-    molded = data.mold_image(image, config)
+    molded = images.mold_image(image, config)
     assert np.allclose(molded, image - config.MEAN_PIXEL)
     # Stored as float32 (as batches are), matterport's truncation lost 1 on many values.
-    assert np.array_equal(data.unmold_image(molded.astype(np.float32), config), image)
+    assert np.array_equal(images.unmold_image(molded.astype(np.float32), config), image)
 
 
 ############################################################
@@ -101,24 +101,24 @@ def test_image_meta_roundtrip_and_mold(config):
 
 def test_load_image_gt_shapes_dtypes_and_meta(config):
     ds = one_square_dataset()
-    image, meta, class_ids, bbox, mask = data.load_image_gt(ds, config, 0, use_mini_mask=False)
+    image, meta, class_ids, bbox, mask = ground_truth.load_image_gt(ds, config, 0, use_mini_mask=False)
     assert image.shape == (128, 128, 3) and image.dtype == np.uint8
     assert class_ids.dtype == np.int32 and list(class_ids) == [1, 2]
     assert bbox.dtype == np.int32 and bbox.tolist() == [[10, 40, 30, 60], [68, 68, 93, 93]]
     assert mask.dtype == bool and mask.shape == (128, 128, 2)
     assert mask[10:30, 40:60, 0].all() and mask[:, :, 0].sum() == 400
-    p = data.parse_image_meta(meta)
+    p = image_meta.parse_image_meta(meta)
     assert p["image_id"] == 0 and list(p["window"]) == [0, 0, 128, 128] and p["scale"] == 1
     assert list(p["active_class_ids"]) == [1, 1, 1]
 
 
 def test_load_image_gt_resizes_and_pads_like_resize_image(config):
     ds = ShapesDataset(count=1, size=(96, 64), shapes={0: [(1, 48, 32, 12)]})
-    image, meta, class_ids, bbox, mask = data.load_image_gt(ds, config, 0, use_mini_mask=False)
+    image, meta, class_ids, bbox, mask = ground_truth.load_image_gt(ds, config, 0, use_mini_mask=False)
     expected, window, scale, padding, _ = utils.resize_image(
         ds.load_image(0), min_dim=128, max_dim=128, mode="square")
     assert np.array_equal(image, expected)
-    p = data.parse_image_meta(meta)
+    p = image_meta.parse_image_meta(meta)
     assert list(p["original_image_shape"]) == [96, 64, 3]
     assert list(p["image_shape"]) == [128, 128, 3]
     assert tuple(p["window"]) == window == (0, 21, 128, 106)
@@ -130,8 +130,8 @@ def test_load_image_gt_resizes_and_pads_like_resize_image(config):
 
 def test_mini_masks_crop_each_instance_to_its_box(config):
     ds = one_square_dataset()
-    _, _, _, bbox, full = data.load_image_gt(ds, config, 0, use_mini_mask=False)
-    _, _, _, mini_bbox, mini = data.load_image_gt(ds, config, 0)  # None -> USE_MINI_MASK (True)
+    _, _, _, bbox, full = ground_truth.load_image_gt(ds, config, 0, use_mini_mask=False)
+    _, _, _, mini_bbox, mini = ground_truth.load_image_gt(ds, config, 0)  # None -> USE_MINI_MASK (True)
     assert mini.shape == (56, 56, 2) and mini.dtype == bool
     assert np.array_equal(bbox, mini_bbox)
     assert mini[..., 0].all()  # the square fills its box
@@ -146,8 +146,8 @@ def test_active_class_ids_follow_the_image_source(config):
     ds.add_image("b", image_id=0, path=None, size=(128, 128), shapes=[(1, 50, 50, 10)])
     ds.prepare()
     config.NUM_CLASSES = 4
-    _, meta, _, _, _ = data.load_image_gt(ds, config, 1)
-    assert list(data.parse_image_meta(meta)["active_class_ids"]) == [1, 0, 0, 1]
+    _, meta, _, _, _ = ground_truth.load_image_gt(ds, config, 1)
+    assert list(image_meta.parse_image_meta(meta)["active_class_ids"]) == [1, 0, 0, 1]
 
 
 def test_crowd_class_ids_are_kept(config):
@@ -156,7 +156,7 @@ def test_crowd_class_ids_are_kept(config):
             mask, class_ids = super().load_mask(image_id)
             return mask, -class_ids
 
-    _, _, class_ids, _, _ = data.load_image_gt(Crowd(count=1, shapes={0: [(2, 50, 50, 9)]}), config, 0)
+    _, _, class_ids, _, _ = ground_truth.load_image_gt(Crowd(count=1, shapes={0: [(2, 50, 50, 9)]}), config, 0)
     assert list(class_ids) == [-2]
 
 
@@ -170,9 +170,9 @@ def hflip(image, masks):
 
 def test_callable_augmentation_moves_image_and_masks_together(config):
     ds = one_square_dataset()
-    image, _, class_ids, bbox, mask = data.load_image_gt(ds, config, 0, augmentation=hflip,
+    image, _, class_ids, bbox, mask = ground_truth.load_image_gt(ds, config, 0, augmentation=hflip,
                                                          use_mini_mask=False)
-    plain, _, _, plain_bbox, plain_mask = data.load_image_gt(ds, config, 0, use_mini_mask=False)
+    plain, _, _, plain_bbox, plain_mask = ground_truth.load_image_gt(ds, config, 0, use_mini_mask=False)
     assert np.array_equal(image, plain[:, ::-1])
     assert np.array_equal(mask, plain_mask[:, ::-1])
     y1, x1, y2, x2 = plain_bbox.T
@@ -191,7 +191,7 @@ def test_instances_emptied_by_augmentation_are_dropped_with_their_class(config):
         masks[40:80, 40:80] = False
         return image, masks
 
-    _, _, class_ids, bbox, mask = data.load_image_gt(ds, config, 0, augmentation=erase_middle)
+    _, _, class_ids, bbox, mask = ground_truth.load_image_gt(ds, config, 0, augmentation=erase_middle)
     assert list(class_ids) == [1, 1]
     assert bbox.tolist() == [[12, 12, 28, 28], [92, 92, 108, 108]]
     assert mask.shape == (56, 56, 2) and mask.all()
@@ -199,10 +199,10 @@ def test_instances_emptied_by_augmentation_are_dropped_with_their_class(config):
 
 def test_deprecated_augment_flips_half_of_the_time(config):
     ds = one_square_dataset()
-    plain = data.load_image_gt(ds, config, 0)[0]
+    plain = ground_truth.load_image_gt(ds, config, 0)[0]
     np.random.seed(0)
     with pytest.warns(FutureWarning, match="'augment' is deprecated"):
-        images = [data.load_image_gt(ds, config, 0, augment=True)[0] for _ in range(8)]
+        images = [ground_truth.load_image_gt(ds, config, 0, augment=True)[0] for _ in range(8)]
     flipped = [np.array_equal(image, plain[:, ::-1]) for image in images]
     assert all(f or np.array_equal(image, plain) for f, image in zip(flipped, images))
     assert 0 < sum(flipped) < 8
@@ -211,16 +211,16 @@ def test_deprecated_augment_flips_half_of_the_time(config):
 def test_augmentation_that_breaks_the_contract_is_refused(config):
     ds = one_square_dataset()
     with pytest.raises(ValueError, match="changed the image shape"):
-        data.load_image_gt(ds, config, 0, augmentation=lambda i, m: (i[:64], m[:64]))
+        ground_truth.load_image_gt(ds, config, 0, augmentation=lambda i, m: (i[:64], m[:64]))
     with pytest.raises(ValueError, match="masks of shape"):
-        data.load_image_gt(ds, config, 0, augmentation=lambda i, m: (i, m[..., :1]))
+        ground_truth.load_image_gt(ds, config, 0, augmentation=lambda i, m: (i, m[..., :1]))
     with pytest.raises(ValueError, match="imgaug augmenter or a callable"):
-        data.load_image_gt(ds, config, 0, augmentation="fliplr")
+        ground_truth.load_image_gt(ds, config, 0, augmentation="fliplr")
 
 
 def test_float_masks_from_augmentation_are_thresholded(config):
     ds = one_square_dataset()
-    _, _, _, bbox, _ = data.load_image_gt(
+    _, _, _, bbox, _ = ground_truth.load_image_gt(
         ds, config, 0, augmentation=lambda i, m: (i, m * 0.6 + 0.3 * np.roll(m, 5, axis=0)))
     assert bbox.tolist() == [[10, 40, 30, 60], [68, 68, 93, 93]]
 
@@ -256,8 +256,8 @@ def test_imgaug_hook_applies_only_geometric_augmenters_to_masks(config, monkeypa
 
     monkeypatch.setitem(sys.modules, "imgaug", types.SimpleNamespace(HooksImages=HooksImages))
     ds = one_square_dataset()
-    plain, _, _, _, plain_mask = data.load_image_gt(ds, config, 0, use_mini_mask=False)
-    image, _, _, bbox, mask = data.load_image_gt(ds, config, 0, augmentation=Sequential(),
+    plain, _, _, _, plain_mask = ground_truth.load_image_gt(ds, config, 0, use_mini_mask=False)
+    image, _, _, bbox, mask = ground_truth.load_image_gt(ds, config, 0, augmentation=Sequential(),
                                                  use_mini_mask=False)
     assert calls == [np.uint8, np.uint8]  # image, then masks as uint8 (imgaug has no bool)
     assert np.array_equal(image, plain[:, ::-1] // 2)
@@ -298,22 +298,22 @@ class Broken(ShapesDataset):
 ])
 def test_bad_load_mask_output_is_explained(config, fault, message):
     with pytest.raises(ValueError, match=message):
-        data.load_image_gt(Broken(fault), config, 0)
+        ground_truth.load_image_gt(Broken(fault), config, 0)
 
 
 def test_dataset_config_class_mismatch_is_explained(config):
     config.NUM_CLASSES = 5
     with pytest.raises(ValueError, match="dataset has 3 classes.*NUM_CLASSES is 5"):
-        data.load_image_gt(ShapesDataset(count=1), config, 0)
+        ground_truth.load_image_gt(ShapesDataset(count=1), config, 0)
 
 
 def test_generator_raises_the_real_error_after_repeated_failures(config, caplog):
-    gen = data.data_generator(Broken("size"), config, batch_size=2)
-    with caplog.at_level(logging.ERROR, logger="mrcnn.data"):
+    gen = pipeline.data_generator(Broken("size"), config, batch_size=2)
+    with caplog.at_level(logging.ERROR, logger="mrcnn.ground_truth"):
         with pytest.raises(ValueError, match="masks of size") as info:
             next(gen)
     failures = [r for r in caplog.records if r.levelno == logging.ERROR]
-    assert len(failures) == data.MAX_CONSECUTIVE_ERRORS + 1
+    assert len(failures) == ground_truth.MAX_CONSECUTIVE_ERRORS + 1
     assert all(r.exc_info and "masks of size" in str(r.exc_info[1]) for r in failures)
     assert any("in a row failed" in note for note in info.value.__notes__)
 
@@ -336,7 +336,7 @@ def test_rpn_targets_on_hand_made_boxes(config):
         [100, 100, 110, 110],  # touches the crowd's corner -> negative
         [80, 80, 100, 100],  # the crowd box itself        -> neutral, never positive
     ], np.float64)
-    rpn_match, rpn_bbox = data.build_rpn_targets((128, 128, 3), anchors, gt_class_ids, gt_boxes, config)
+    rpn_match, rpn_bbox = targets.build_rpn_targets((128, 128, 3), anchors, gt_class_ids, gt_boxes, config)
     assert rpn_match.dtype == np.int32
     assert rpn_match.tolist() == [1, 1, 0, -1, 1, 0, 0, -1, 0]
     assert rpn_bbox.shape == (64, 4)
@@ -353,7 +353,7 @@ def test_rpn_targets_are_balanced(config):
     far = np.array([[100, 100, 120, 120]] * 500)        # 500 negatives
     anchors = np.concatenate([near, far]).astype(np.float64)
     np.random.seed(0)
-    rpn_match, rpn_bbox = data.build_rpn_targets((128, 128, 3), anchors, np.array([1]), gt_boxes, config)
+    rpn_match, rpn_bbox = targets.build_rpn_targets((128, 128, 3), anchors, np.array([1]), gt_boxes, config)
     positives = np.where(rpn_match == 1)[0]
     assert len(positives) == 32 and np.sum(rpn_match == -1) == 32
     assert positives.max() < 200 and np.all(rpn_match[:200] >= 0)
@@ -363,23 +363,23 @@ def test_rpn_targets_are_balanced(config):
 
 
 def test_rpn_targets_with_degenerate_ground_truth(config):
-    anchors = data.compute_anchors(config, config.IMAGE_SHAPE)
+    anchors = geometry.compute_anchors(config, config.IMAGE_SHAPE)
     # A zero-area box overlaps nothing: matterport made every anchor positive with -inf deltas.
-    match, bbox = data.build_rpn_targets((128, 128, 3), anchors, np.array([1]),
+    match, bbox = targets.build_rpn_targets((128, 128, 3), anchors, np.array([1]),
                                          np.array([[5, 5, 5, 9]]), config)
     assert not np.any(match == 1) and np.sum(match == -1) == 64 and np.isfinite(bbox).all()
     # Only crowds: no positives, no negatives on the crowd, no crash.
     crowd = np.array([[0, 0, 64, 64]])
-    match, _ = data.build_rpn_targets((128, 128, 3), anchors, np.array([-1]), crowd, config)
+    match, _ = targets.build_rpn_targets((128, 128, 3), anchors, np.array([-1]), crowd, config)
     touching = utils.compute_overlaps(anchors, crowd)[:, 0] >= 0.001
     assert not np.any(match == 1) and not np.any(match[touching] == -1)
 
 
 def test_compute_anchors_is_cached_and_matches_the_pyramid(config):
-    anchors = data.compute_anchors(config, config.IMAGE_SHAPE)
+    anchors = geometry.compute_anchors(config, config.IMAGE_SHAPE)
     shapes = compute_backbone_shapes(config, config.IMAGE_SHAPE)
     assert shapes.tolist() == [[32, 32], [16, 16], [8, 8], [4, 4], [2, 2]]
-    assert anchors is data.compute_anchors(config, config.IMAGE_SHAPE)
+    assert anchors is geometry.compute_anchors(config, config.IMAGE_SHAPE)
     assert not anchors.flags.writeable
     assert np.array_equal(anchors, utils.generate_pyramid_anchors(
         config.RPN_ANCHOR_SCALES, config.RPN_ANCHOR_RATIOS, shapes, config.BACKBONE_STRIDES, 1))
@@ -393,7 +393,7 @@ def test_compute_anchors_is_cached_and_matches_the_pyramid(config):
 def test_generate_random_rois():
     gt_boxes = np.array([[10, 10, 30, 40], [60, 70, 100, 90]], np.int32)
     np.random.seed(3)
-    rois = data.generate_random_rois((128, 128, 3), 50, np.array([1, 2]), gt_boxes)
+    rois = targets.generate_random_rois((128, 128, 3), 50, np.array([1, 2]), gt_boxes)
     assert rois.shape == (50, 4) and rois.dtype == np.int32
     assert np.all(rois[:, 2] > rois[:, 0]) and np.all(rois[:, 3] > rois[:, 1])
     assert rois.min() >= 0 and rois[:, [0, 2]].max() < 128 and rois[:, [1, 3]].max() < 128
@@ -405,11 +405,11 @@ def test_generate_random_rois():
 def test_build_detection_targets(config):
     ds = one_square_dataset()
     config.USE_MINI_MASK = True
-    _, _, class_ids, gt_boxes, mini = data.load_image_gt(ds, config, 0)
+    _, _, class_ids, gt_boxes, mini = ground_truth.load_image_gt(ds, config, 0)
     rois = np.concatenate([gt_boxes, gt_boxes + [0, 0, 1, 1],
                            [[100, 0, 120, 20], [0, 100, 20, 120], [110, 110, 127, 127]]]).astype(np.int32)
     np.random.seed(0)
-    out_rois, out_ids, deltas, masks = data.build_detection_targets(rois, class_ids, gt_boxes, mini, config)
+    out_rois, out_ids, deltas, masks = targets.build_detection_targets(rois, class_ids, gt_boxes, mini, config)
     assert out_rois.shape == (32, 4) and out_ids.shape == (32,) and out_ids.dtype == np.int32
     assert deltas.shape == (32, 3, 4) and deltas.dtype == np.float32
     assert masks.shape == (32, 28, 28, 3) and masks.dtype == np.float32
@@ -426,7 +426,7 @@ def test_build_detection_targets(config):
     assert not masks[4:].any()
     # Only positives (matterport crashed): they are repeated to fill the rows.
     only_fg = np.repeat(gt_boxes, 3, axis=0)
-    _, ids, _, _ = data.build_detection_targets(only_fg, class_ids, gt_boxes, mini, config)
+    _, ids, _, _ = targets.build_detection_targets(only_fg, class_ids, gt_boxes, mini, config)
     assert ids.shape == (32,) and np.all(ids > 0)
 
 
@@ -436,22 +436,22 @@ def test_build_detection_targets(config):
 
 def test_generator_batches(config):
     ds = ShapesDataset(count=5)
-    inputs, outputs = next(data.data_generator(ds, config, shuffle=False, batch_size=2))
-    anchors = data.compute_anchors(config, config.IMAGE_SHAPE)
+    inputs, outputs = next(pipeline.data_generator(ds, config, shuffle=False, batch_size=2))
+    anchors = geometry.compute_anchors(config, config.IMAGE_SHAPE)
     assert outputs == []
     expected = [((2, 128, 128, 3), np.float32), ((2, 15), np.float64),
                 ((2, len(anchors), 1), np.int32), ((2, 64, 4), np.float64),
                 ((2, 10), np.int32), ((2, 10, 4), np.int32), ((2, 56, 56, 10), bool)]
     assert [(x.shape, x.dtype) for x in inputs] == expected
     for b in range(2):
-        image, meta, class_ids, boxes, masks = data.load_image_gt(ds, config, b)
+        image, meta, class_ids, boxes, masks = ground_truth.load_image_gt(ds, config, b)
         n = len(class_ids)
-        assert np.allclose(inputs[0][b], data.mold_image(image, config))
+        assert np.allclose(inputs[0][b], images.mold_image(image, config))
         assert np.array_equal(inputs[1][b], meta)
         assert inputs[4][b, :n].tolist() == class_ids.tolist() and not inputs[4][b, n:].any()
         assert np.array_equal(inputs[5][b, :n], boxes) and not inputs[5][b, n:].any()
         assert np.array_equal(inputs[6][b, :, :, :n], masks) and not inputs[6][b, :, :, n:].any()
-        match, _ = data.build_rpn_targets(image.shape, anchors, class_ids, boxes, config)
+        match, _ = targets.build_rpn_targets(image.shape, anchors, class_ids, boxes, config)
         positives = np.where(match == 1)[0]
         assert 0 < len(positives) < 32  # so not subsampled at random
         assert np.array_equal(np.where(inputs[2][b, :, 0] == 1)[0], positives)
@@ -459,7 +459,7 @@ def test_generator_batches(config):
 
 
 def test_generator_random_rois_and_detection_targets(config):
-    inputs, outputs = next(data.data_generator(ShapesDataset(count=3), config, batch_size=2,
+    inputs, outputs = next(pipeline.data_generator(ShapesDataset(count=3), config, batch_size=2,
                                                random_rois=40, detection_targets=True))
     assert len(inputs) == 9 and len(outputs) == 3
     assert inputs[7].shape == (2, 40, 4) and inputs[8].shape == (2, 32, 4)
@@ -471,21 +471,21 @@ def test_generator_random_rois_and_detection_targets(config):
 
 def test_generator_skips_images_without_instances(config, caplog):
     ds = ShapesDataset(count=4, shapes={0: [], 2: []})
-    with caplog.at_level(logging.WARNING, logger="mrcnn.data"):
-        gen = data.data_generator(ds, config, shuffle=False, batch_size=2)
+    with caplog.at_level(logging.WARNING, logger="mrcnn.ground_truth"):
+        gen = pipeline.data_generator(ds, config, shuffle=False, batch_size=2)
         inputs, _ = next(gen)
-    assert data.parse_image_meta(inputs[1])["image_id"].tolist() == [1, 3]
+    assert image_meta.parse_image_meta(inputs[1])["image_id"].tolist() == [1, 3]
     assert sum("no instances" in r.getMessage() for r in caplog.records) == 2
     assert "(2 skipped so far)" in caplog.records[-1].getMessage()
     with pytest.raises(ValueError, match="no image of the dataset has instances"):
-        next(data.data_generator(ShapesDataset(count=2, shapes={0: [], 1: []}), config))
+        next(pipeline.data_generator(ShapesDataset(count=2, shapes={0: [], 1: []}), config))
 
 
 def test_generator_leaves_listed_sources_unaugmented(config):
     ds = ShapesDataset(count=2)
-    plain = data.data_generator(ds, config, shuffle=False, batch_size=2)
-    flipped = data.data_generator(ds, config, shuffle=False, batch_size=2, augmentation=hflip)
-    excluded = data.data_generator(ds, config, shuffle=False, batch_size=2, augmentation=hflip,
+    plain = pipeline.data_generator(ds, config, shuffle=False, batch_size=2)
+    flipped = pipeline.data_generator(ds, config, shuffle=False, batch_size=2, augmentation=hflip)
+    excluded = pipeline.data_generator(ds, config, shuffle=False, batch_size=2, augmentation=hflip,
                                    no_augmentation_sources=["shapes"])
     a, b, c = next(plain)[0][0], next(flipped)[0][0], next(excluded)[0][0]
     assert np.array_equal(b, a[:, :, ::-1]) and np.array_equal(c, a)

@@ -5,7 +5,7 @@ import pytest
 import skimage.io
 
 from mrcnn import utils
-from mrcnn.dataset import to_rgb_uint8
+from mrcnn.images import to_rgb_uint8
 
 
 def make_dataset():

@@ -12,7 +12,7 @@ import pytest
 import tensorflow as tf
 
 from mrcnn import model as modellib
-from mrcnn.data import parse_image_meta
+from mrcnn.image_meta import parse_image_meta
 from tests.conftest import TinyConfig
 
 

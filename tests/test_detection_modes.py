@@ -10,8 +10,8 @@ import tensorflow as tf
 from mrcnn import cli, evaluate, utils
 from mrcnn import model as modellib
 from mrcnn.config import Config
-from mrcnn.graph_utils import (apply_box_deltas_graph, clip_boxes_graph, norm_boxes_graph,
-                               parse_image_meta_graph)
+from mrcnn.geometry import apply_box_deltas_graph, clip_boxes_graph, norm_boxes_graph
+from mrcnn.image_meta import parse_image_meta_graph
 from mrcnn.roi_heads import DetectionLayer
 from samples.shapes import shapes
 from tests.conftest import TinyConfig, TinyShapes

@@ -528,8 +528,7 @@ def test_one_dataset_of_two_formats_sends_each_image_to_its_loader(tmp_path):
 
 
 def test_train_empty_images_are_trained_as_background(tmp_path, tiny_config):
-    from mrcnn import data
-    from mrcnn import model as modellib
+    from mrcnn import geometry, ground_truth, model as modellib
     from samples.shapes.shapes import FastShapesConfig
 
     write_image(tmp_path / "images" / "a.png", 1, size=(128, 128))
@@ -541,11 +540,11 @@ def test_train_empty_images_are_trained_as_background(tmp_path, tiny_config):
                     "segmentation": [[20, 20, 80, 20, 80, 90, 20, 90]]}]
     path = write_json(tmp_path / "c.json", {"images": images, "annotations": annotations,
                                             "categories": categories})
-    anchors = data.compute_anchors(tiny_config, tiny_config.IMAGE_SHAPE)
+    anchors = geometry.compute_anchors(tiny_config, tiny_config.IMAGE_SHAPE)
     for train_empty in (False, True):
         ds = load_dataset("coco", path, image_dir=tmp_path / "images", train_empty=train_empty)
-        assert data._load_sample(ds, tiny_config, 0, anchors, None, 0, False) is not None
-        sample = data._load_sample(ds, tiny_config, 1, anchors, None, 0, False)
+        assert ground_truth._load_sample(ds, tiny_config, 0, anchors, None, 0, False) is not None
+        sample = ground_truth._load_sample(ds, tiny_config, 1, anchors, None, 0, False)
         assert (sample is not None) == train_empty
     rpn_match, gt_class_ids = sample[2], sample[4]
     assert gt_class_ids.shape == (0,) and not np.any(rpn_match == 1) and np.any(rpn_match == -1)

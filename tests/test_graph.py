@@ -15,13 +15,13 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from mrcnn import graph, utils
-from mrcnn.backbone import BatchNorm, compute_backbone_shapes, resnet_graph
+from mrcnn import mask_rcnn, utils
+from mrcnn.backbone import compute_backbone_shapes, resnet_graph
+from mrcnn.base_layers import BatchNorm
 from mrcnn.config import LOSS_NAMES, Config
-from mrcnn.graph_utils import (apply_box_deltas_graph, batch_pack_graph, box_refinement_graph,
-                               clip_boxes_graph, denorm_boxes_graph, norm_boxes_graph,
-                               overlaps_graph, parse_image_meta_graph, smooth_l1_loss,
-                               trim_zeros_graph)
+from mrcnn.geometry import apply_box_deltas_graph, box_refinement_graph, clip_boxes_graph, denorm_boxes_graph, norm_boxes_graph, overlaps_graph
+from mrcnn.image_meta import parse_image_meta_graph
+from mrcnn.tf_ops import batch_pack_graph, smooth_l1_loss, trim_zeros_graph
 from mrcnn.roi_heads import (DetectionLayer, DetectionTargetLayer, PyramidROIAlign,
                              RoIDistributed, mrcnn_bbox_loss_graph, mrcnn_class_loss_graph,
                              mrcnn_mask_loss_graph)
@@ -106,12 +106,12 @@ def config():
 
 @pytest.fixture(scope="module")
 def training_model(config):
-    return graph.build_training_model(config)
+    return mask_rcnn.build_training_model(config)
 
 
 @pytest.fixture(scope="module")
 def inference_model(config):
-    return graph.build_inference_model(config)
+    return mask_rcnn.build_inference_model(config)
 
 
 def crop_and_resize_reference(image, box, size):
@@ -154,7 +154,7 @@ def matterport_weight_names(model):
     return names
 
 
-@pytest.mark.parametrize("build", [graph.build_inference_model, graph.build_training_model])
+@pytest.mark.parametrize("build", [mask_rcnn.build_inference_model, mask_rcnn.build_training_model])
 def test_weight_layers_match_matterport_layout(build):
     listing = json.loads((REFERENCE / "matterport_layout_shapes_resnet50.json").read_text())
     expected = {layer["name"]: [(w["name"], tuple(w["shape"])) for w in layer["weights"]]
@@ -248,7 +248,7 @@ def test_train_bn_flag_freezes_every_batchnorm(training_model):
 
     class TrainBN(GraphConfig):
         TRAIN_BN = True
-    model = graph.build_inference_model(TrainBN())
+    model = mask_rcnn.build_inference_model(TrainBN())
     assert not any(getattr(layer, "layer", layer).frozen for layer in model.layers
                    if isinstance(getattr(layer, "layer", layer), BatchNorm))
 
@@ -693,15 +693,15 @@ def test_model_configs_round_trip(inference_model, training_model):
     assert [layer.name for layer in rebuilt.layers] == \
         [layer.name for layer in inference_model.layers]
     weights = dict(training_model.loss_weights, mrcnn_mask_loss=2.0)
-    model = graph.TrainingModel(training_model.inputs, training_model.outputs,
+    model = mask_rcnn.TrainingModel(training_model.inputs, training_model.outputs,
                                 loss_weights=weights, weight_decay=0.01)
-    again = graph.TrainingModel.from_config(model.get_config())
-    assert isinstance(again, graph.TrainingModel)
+    again = mask_rcnn.TrainingModel.from_config(model.get_config())
+    assert isinstance(again, mask_rcnn.TrainingModel)
     assert again.loss_weights == weights and again.weight_decay == 0.01
 
 
 def test_fit_reports_the_five_losses_and_keeps_frozen_bn(config):
-    training_model = graph.build_training_model(config)     # its own: fit changes the weights
+    training_model = mask_rcnn.build_training_model(config)     # its own: fit changes the weights
     rng = np.random.default_rng(0)
     batches = [training_batch(config, 2, rng) for _ in range(2)]
     training_model.compile(optimizer=keras.optimizers.SGD(0.001, momentum=0.9, clipnorm=5.0))
@@ -729,7 +729,7 @@ def test_recompile_after_freezing_keeps_loss_definition():
     class DecayConfig(TinyBackboneConfig):
         WEIGHT_DECAY = 0.05     # large enough to measure in float32 next to the losses
     config = DecayConfig()
-    model = graph.build_training_model(config)
+    model = mask_rcnn.build_training_model(config)
     assert [t.name for t in model.inputs][-1] == "input_roi"
     model.compile(optimizer=keras.optimizers.SGD(0.01))
     rng = np.random.default_rng(2)
@@ -769,7 +769,7 @@ def test_total_loss_is_the_weighted_sum_plus_decay():
         WEIGHT_DECAY = 1.0      # a decay term 100x the tolerance below
 
     config = Weighted()
-    model = graph.build_training_model(config)
+    model = mask_rcnn.build_training_model(config)
     model.compile(optimizer=keras.optimizers.SGD(0.0))
     data = training_batch(config, 2, np.random.default_rng(3), rois=True)
     data[-1][:, 2:] = [0, 100, 20, 127]
@@ -790,7 +790,7 @@ import numpy as np, tensorflow as tf
 cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 import keras
-from mrcnn import graph
+from mrcnn import mask_rcnn
 sys.path.insert(0, "tests")
 from test_graph import TinyBackboneConfig, training_batch
 
@@ -806,7 +806,7 @@ tf.config.experimental.enable_op_determinism()
 def run(strategy):
     keras.utils.set_random_seed(0)
     with strategy.scope():
-        model = graph.build_training_model(Config())
+        model = mask_rcnn.build_training_model(Config())
         model.compile(optimizer=keras.optimizers.SGD(0.5))
     data = training_batch(Config(), 2, np.random.default_rng(0))
     data[4][:] = 0        # no GT: no sampled RoI, so the step is deterministic
@@ -848,7 +848,7 @@ def test_a_training_step_follows_the_gradient_of_losses_plus_decay():
     keras.utils.set_random_seed(0)
     tf.config.experimental.enable_op_determinism()   # CropAndResize's image gradient races on CPU
     config = Decayed()
-    model = graph.build_training_model(config)
+    model = mask_rcnn.build_training_model(config)
     lr = 0.01
     model.compile(optimizer=keras.optimizers.SGD(lr))
     data = training_batch(config, 2, np.random.default_rng(3), rois=True)

@@ -6,7 +6,7 @@ import os
 import numpy as np
 import pytest
 
-from mrcnn import data
+from mrcnn import ground_truth
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +36,7 @@ def nucleus_augmentation(iaa):
 
 
 def load(dataset, config, augmentation=None):
-    image, _, class_ids, boxes, masks = data.load_image_gt(
+    image, _, class_ids, boxes, masks = ground_truth.load_image_gt(
         dataset, config, 0, augmentation=augmentation, use_mini_mask=False)
     return image, class_ids, boxes, masks
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from mrcnn import data, graph, utils
+from mrcnn import mask_rcnn, pipeline, utils
 from mrcnn import model as modellib
 from mrcnn.weights import save_weights_by_name
 from samples.shapes.shapes import lite_backbone, lite_backbone_shapes
@@ -48,8 +48,8 @@ def test_bad_value_names_the_accepted_ones(value):
 
 def test_half_precision_inside_float32_at_the_edges_and_policy_restored():
     before = keras.config.dtype_policy().name
-    models = {"training": graph.build_training_model(lite("mixed_bfloat16")),
-              "inference": graph.build_inference_model(lite("mixed_bfloat16"))}
+    models = {"training": mask_rcnn.build_training_model(lite("mixed_bfloat16")),
+              "inference": mask_rcnn.build_inference_model(lite("mixed_bfloat16"))}
     assert keras.config.dtype_policy().name == before == "float32"
 
     def failing_backbone(*args, **kwargs):
@@ -57,7 +57,7 @@ def test_half_precision_inside_float32_at_the_edges_and_policy_restored():
     keras.config.set_dtype_policy("mixed_float16")     # a policy of the user's own
     try:
         with pytest.raises(RuntimeError, match="backbone failed"):
-            graph.build_inference_model(lite("mixed_bfloat16",
+            mask_rcnn.build_inference_model(lite("mixed_bfloat16",
                                              BACKBONE=staticmethod(failing_backbone)))
         assert keras.config.dtype_policy().name == "mixed_float16"
     finally:
@@ -163,7 +163,7 @@ def fixed_batch(config):
     shapes = TinyShapes()
     shapes.load_shapes(2, seed=1)
     shapes.prepare()
-    return next(data.data_generator(shapes, config, shuffle=False, batch_size=config.BATCH_SIZE))[0]
+    return next(pipeline.data_generator(shapes, config, shuffle=False, batch_size=config.BATCH_SIZE))[0]
 
 
 def compiled(config, tmp_path):

@@ -1,5 +1,5 @@
 """ProposalLayer and DetectionLayer run one tf.image.combined_non_max_suppression per batch, scored
-with rank keys (graph_utils.ranked_nms). Their outputs must be, bit for bit, those of the former
+with rank keys (tf_ops.ranked_nms). Their outputs must be, bit for bit, those of the former
 implementations, kept here as references: one tf.image.non_max_suppression per image (proposals)
 and per image and class (detections), mapped with tf.map_fn. The inputs are made for ties: scores
 rounded to a few values, duplicated boxes, zero-area boxes, zero rows as padding."""
@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from mrcnn.graph_utils import (apply_box_deltas_graph, clip_boxes_graph, norm_boxes_graph,
-                               parse_image_meta_graph, ranked_nms)
+from mrcnn.geometry import apply_box_deltas_graph, clip_boxes_graph, norm_boxes_graph
+from mrcnn.image_meta import parse_image_meta_graph
+from mrcnn.tf_ops import ranked_nms
 from mrcnn.roi_heads import DetectionLayer
 from mrcnn.rpn import ProposalLayer
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from mrcnn import data, pipeline
+from mrcnn import geometry, ground_truth, image_meta, pipeline
 from mrcnn import model as modellib
 from samples.shapes.shapes import lite_backbone, lite_backbone_shapes
 from tests.test_data import Broken, ShapesDataset, SmallConfig, hflip
@@ -27,7 +27,7 @@ def config():
 
 
 def image_ids(batch):
-    return data.parse_image_meta(batch["input_image_meta"].numpy())["image_id"].tolist()
+    return image_meta.parse_image_meta(batch["input_image_meta"].numpy())["image_id"].tolist()
 
 
 def test_batches_are_named_full_and_cover_each_pass(config):
@@ -44,7 +44,7 @@ def test_batches_are_named_full_and_cover_each_pass(config):
     assert not {3, 7} & set(first) and set(first[:7]) == set(range(9)) - {3, 7}
     assert first != second
     rpn_match = batches[0]["input_rpn_match"].numpy()
-    assert rpn_match.shape == (2, data.compute_anchors(config, config.IMAGE_SHAPE).shape[0], 1)
+    assert rpn_match.shape == (2, geometry.compute_anchors(config, config.IMAGE_SHAPE).shape[0], 1)
     assert np.all((rpn_match == 1).sum(axis=(1, 2)) >= 1)
     unshuffled = pipeline.training_dataset(ds, config, shuffle=False, steps=2, batch_size=3)
     assert [image_ids(b) for b in unshuffled.take(2)] == [[0, 1, 2], [4, 5, 6]]
@@ -57,11 +57,11 @@ def test_batch_values_equal_the_numpy_loading_code(config):
     ds = ShapesDataset(count=4)
     batch = next(iter(pipeline.training_dataset(ds, config, shuffle=False, seed=5,
                                                 augmentation=hflip)))
-    anchors = data.compute_anchors(config, config.IMAGE_SHAPE)
+    anchors = geometry.compute_anchors(config, config.IMAGE_SHAPE)
     for row, image_id in enumerate((0, 1)):
         rng = np.random.RandomState(np.random.SeedSequence([5, 0, row]).generate_state(4))
-        sample = data._load_sample(ds, config, image_id, anchors, hflip, 0, False, rng=rng)
-        inputs, _ = data._collate([sample], config)
+        sample = ground_truth._load_sample(ds, config, image_id, anchors, hflip, 0, False, rng=rng)
+        inputs, _ = ground_truth._collate([sample], config)
         for name, expected in zip(batch, inputs):
             value = batch[name].numpy()[row]
             np.testing.assert_array_equal(value, expected[0].astype(value.dtype), err_msg=name)
@@ -96,7 +96,7 @@ def test_failed_images_are_skipped_and_repeated_failures_raise_the_real_error(co
 def test_wrong_image_size_stops_train_with_the_shape_error(config, tmp_path):
     config.IMAGE_RESIZE_MODE = "pad64"                            # 128x96 becomes 192x128
     model = modellib.MaskRCNN("training", config, str(tmp_path))
-    with pytest.raises(data.TrainingShapeError, match="after resizing"):
+    with pytest.raises(ground_truth.TrainingShapeError, match="after resizing"):
         model.train(ShapesDataset(count=2, size=(128, 96)), None, 0.001, epochs=1,
                     layers="heads", verbose=0)
 

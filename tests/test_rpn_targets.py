@@ -1,10 +1,10 @@
-"""data.build_rpn_targets against the full-IoU-matrix version it replaced (kept below as the
+"""targets.build_rpn_targets against the full-IoU-matrix version it replaced (kept below as the
 reference): the same rpn_match and rpn_bbox bit for bit, for the same random state."""
 
 import numpy as np
 import pytest
 
-from mrcnn import data, utils
+from mrcnn import geometry, targets, utils
 from mrcnn.config import Config
 from tests.conftest import TinyConfig
 
@@ -123,7 +123,7 @@ def assert_same(image_shape, anchors, class_ids, boxes, config, seed):
     np.random.seed(seed)
     expected = reference_build_rpn_targets(image_shape, anchors, class_ids, boxes, config)
     np.random.seed(seed)
-    match, bbox = data.build_rpn_targets(image_shape, anchors, class_ids, boxes, config)
+    match, bbox = targets.build_rpn_targets(image_shape, anchors, class_ids, boxes, config)
     assert match.dtype == expected[0].dtype and bbox.dtype == expected[1].dtype
     assert np.array_equal(match, expected[0]), (class_ids, boxes)
     assert np.array_equal(bbox, expected[1], equal_nan=True), (class_ids, boxes)
@@ -132,7 +132,7 @@ def assert_same(image_shape, anchors, class_ids, boxes, config, seed):
 @pytest.mark.parametrize("config_class,cases", [(Shapes128, 400), (Defaults1024, 30)])
 def test_same_as_the_full_matrix_on_random_cases(config_class, cases):
     config = config_class()
-    anchors = data.compute_anchors(config, config.IMAGE_SHAPE)
+    anchors = geometry.compute_anchors(config, config.IMAGE_SHAPE)
     size = config.IMAGE_SHAPE[0]
     rng = np.random.RandomState(size)
     for seed in range(cases):
@@ -142,7 +142,7 @@ def test_same_as_the_full_matrix_on_random_cases(config_class, cases):
 
 def test_same_as_the_full_matrix_with_many_boxes_at_1024():
     config = Defaults1024()
-    anchors = data.compute_anchors(config, config.IMAGE_SHAPE)
+    anchors = geometry.compute_anchors(config, config.IMAGE_SHAPE)
     rng = np.random.RandomState(7)
     boxes = random_boxes(rng, 60, 1024).astype(np.int32)
     assert_same(config.IMAGE_SHAPE, anchors, np.ones(60, np.int32), boxes, config, 0)
@@ -151,7 +151,7 @@ def test_same_as_the_full_matrix_with_many_boxes_at_1024():
 def test_same_as_the_full_matrix_on_an_equal_copy_of_the_anchors():
     # Not the cached array itself: its grid is recognised by value.
     config = Shapes128()
-    anchors = data.compute_anchors(config, config.IMAGE_SHAPE).copy()
+    anchors = geometry.compute_anchors(config, config.IMAGE_SHAPE).copy()
     rng = np.random.RandomState(1)
     for seed in range(10):
         class_ids, boxes = random_case(rng, anchors, 128)
@@ -172,7 +172,7 @@ def test_same_as_the_full_matrix_with_anchors_of_another_layout():
 def test_same_as_the_full_matrix_with_inverted_or_nan_boxes():
     # Outside the argument for skipping pairs: these take the full matrix.
     config = Shapes128()
-    anchors = data.compute_anchors(config, config.IMAGE_SHAPE)
+    anchors = geometry.compute_anchors(config, config.IMAGE_SHAPE)
     cases = [
         ([1, 2], [[10, 10, 40, 40], [50, 50, 30, 30]]),
         ([1, -1], [[10, 10, 40, 40], [50, 60, 30, 30]]),
@@ -184,20 +184,20 @@ def test_same_as_the_full_matrix_with_inverted_or_nan_boxes():
 
 def test_rng_argument_is_the_global_random_state_given_explicitly():
     config = Shapes128()
-    anchors = data.compute_anchors(config, config.IMAGE_SHAPE)
+    anchors = geometry.compute_anchors(config, config.IMAGE_SHAPE)
     # 300 anchors as GT boxes: more than 128 positives and 128 negatives, both drawn at random.
     boxes = anchors[np.random.RandomState(0).choice(len(anchors), 300, replace=False)]
     class_ids = np.ones(300, np.int32)
     for seed in (0, 1, 2):
         np.random.seed(seed)
-        expected = data.build_rpn_targets(config.IMAGE_SHAPE, anchors, class_ids, boxes, config)
+        expected = targets.build_rpn_targets(config.IMAGE_SHAPE, anchors, class_ids, boxes, config)
         assert np.sum(expected[0] == 1) == 128 and np.sum(expected[0] == -1) == 128
         np.random.seed(seed + 100)  # the global state is neither used nor moved
         state = np.random.get_state()
-        got = data.build_rpn_targets(config.IMAGE_SHAPE, anchors, class_ids, boxes, config,
+        got = targets.build_rpn_targets(config.IMAGE_SHAPE, anchors, class_ids, boxes, config,
                                      rng=np.random.RandomState(seed))
         assert np.array_equal(got[0], expected[0]) and np.array_equal(got[1], expected[1])
         assert all(np.array_equal(a, b) for a, b in zip(np.random.get_state(), state))
-    match, _ = data.build_rpn_targets(config.IMAGE_SHAPE, anchors, class_ids, boxes, config,
+    match, _ = targets.build_rpn_targets(config.IMAGE_SHAPE, anchors, class_ids, boxes, config,
                                       rng=np.random.default_rng(0))
     assert np.sum(match == 1) == 128 and np.sum(match == -1) == 128

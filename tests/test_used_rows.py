@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from mrcnn import graph
+from mrcnn import mask_rcnn
 from mrcnn.roi_heads import (DetectionClassIds, DetectionTargetLayer, LeadingRows,
                              build_fpn_mask_graph, mrcnn_mask_loss_graph)
 from tests.conftest import TinyConfig
@@ -94,7 +94,7 @@ def test_mask_loss_and_gradients_on_positive_rows_equal_those_on_all_rows():
 
 def test_training_graph_runs_the_mask_head_on_the_positive_rows():
     config = TinyConfig()
-    model = graph.build_training_model(config)
+    model = mask_rcnn.build_training_model(config)
     positive_rows = int(config.TRAIN_ROIS_PER_IMAGE * config.ROI_POSITIVE_RATIO)
     assert model.get_layer("mrcnn_mask").output.shape[1] == positive_rows
     assert model.get_layer("roi_align_mask").output.shape[1] == positive_rows

@@ -512,7 +512,7 @@ def test_matterport_file_loads_and_saves_back_identically(reference_file, tmp_pa
 
 
 def test_matterport_file_loads_into_the_inference_graph(reference_file, tmp_path):
-    from mrcnn import graph
+    from mrcnn import mask_rcnn
     from mrcnn.config import Config
 
     listing, path = reference_file
@@ -525,7 +525,7 @@ def test_matterport_file_loads_into_the_inference_graph(reference_file, tmp_path
         IMAGE_MIN_DIM = IMAGE_MAX_DIM = 128
         GPU_COUNT = IMAGES_PER_GPU = 1
 
-    model = graph.build_inference_model(ListingInference())
+    model = mask_rcnn.build_inference_model(ListingInference())
     report = W.load_weights_by_name(model, path)
     assert report.missing_from_file == [] and report.not_in_model == []
     assert_loaded_as_named(model, path)

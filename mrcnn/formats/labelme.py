@@ -11,7 +11,7 @@ import glob
 import json
 import os
 
-from mrcnn.dataset import to_rgb_uint8
+from mrcnn.images import to_rgb_uint8
 from mrcnn.formats import common
 
 

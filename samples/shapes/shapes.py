@@ -33,7 +33,7 @@ from mrcnn import cli  # noqa: E402
 from mrcnn import evaluate as evaluation  # noqa: E402
 from mrcnn import model as modellib  # noqa: E402
 from mrcnn import utils, visualize  # noqa: E402
-from mrcnn.backbone import BatchNorm, bn_training  # noqa: E402
+from mrcnn.base_layers import BatchNorm, bn_training
 from mrcnn.config import Config  # noqa: E402
 
 CLASS_NAMES = ("square", "circle", "triangle")

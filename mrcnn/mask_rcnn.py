@@ -17,7 +17,7 @@ steps whose gradients overflow. These layers are float32 (explicit
 concatenations (`rpn_class_raw`, `rpn_bbox_pred`, `rpn_class_logits`,
 `rpn_class`, `rpn_bbox`), the heads' `mrcnn_class_logits`, `mrcnn_class`,
 `mrcnn_bbox_fc`, `mrcnn_bbox` and `mrcnn_mask` (with their RoIDistributed
-wrappers), and every weightless custom layer (graph_utils.GraphLayer: ROI,
+wrappers), and every weightless custom layer (base_layers.GraphLayer: ROI,
 proposal_targets, roi_align_*, mrcnn_detection, the losses, anchors, box
 normalisation). Softmax, sigmoid and cross-entropy lose accuracy and
 overflow in half precision; bfloat16's 8-bit mantissa cannot place a box to
@@ -33,7 +33,8 @@ import tensorflow as tf
 
 from mrcnn.backbone import compute_backbone_shapes, resnet_graph
 from mrcnn.config import LOSS_NAMES
-from mrcnn.graph_utils import GraphLayer, norm_boxes_graph
+from mrcnn.base_layers import GraphLayer
+from mrcnn.geometry import norm_boxes_graph
 from mrcnn.roi_heads import (DetectionBoxes, DetectionClassIds, DetectionLayer,
                              DetectionTargetLayer, LeadingRows,
                              MrcnnBboxLoss, MrcnnClassLoss, MrcnnMaskLoss,
