@@ -30,9 +30,9 @@ from bench_model import cpu_model  # noqa: E402  (stdlib only; this folder is on
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from mrcnn import utils  # noqa: E402
-from mrcnn.geometry import apply_box_deltas_graph, clip_boxes_graph, norm_boxes_graph  # noqa: E402
-from mrcnn.image_meta import parse_image_meta_graph  # noqa: E402
+from mrcnn.geometry import (anchor_params, apply_box_deltas_graph, clip_boxes_graph,  # noqa: E402
+                            norm_boxes_graph, normalized_anchors)
+from mrcnn.image_meta import compose_image_meta, parse_image_meta_graph  # noqa: E402
 from mrcnn.roi_heads import DetectionLayer  # noqa: E402
 from mrcnn.rpn import ProposalLayer  # noqa: E402
 
@@ -114,8 +114,8 @@ def old_detections(inputs, mode, min_confidence, k, nms_threshold):
 def proposal_inputs(rng, batch, size, scales):
     strides = [4, 8, 16, 32, 64]
     shapes = np.array([[int(np.ceil(size / s))] * 2 for s in strides])
-    anchors = utils.generate_pyramid_anchors(scales, [0.5, 1, 2], shapes, strides, 1)
-    anchors = np.broadcast_to(utils.norm_boxes(anchors, (size, size)), (batch,) + anchors.shape)
+    anchors = normalized_anchors(anchor_params(scales, [0.5, 1, 2], shapes, strides, 1), (size, size))
+    anchors = np.broadcast_to(anchors, (batch,) + anchors.shape)
     logits = rng.normal(size=(batch, len(anchors[0]), 2)) * 2
     probs = tf.nn.softmax(logits).numpy()
     deltas = rng.normal(size=(batch, len(anchors[0]), 4)) * 0.5
@@ -129,7 +129,8 @@ def detection_inputs(rng, batch, n, classes):
     logits[np.arange(batch)[:, None], np.arange(n), rng.integers(0, classes, (batch, n))] += 5
     probs = tf.nn.softmax(logits).numpy()
     deltas = rng.normal(size=(batch, n, classes, 4)) * 0.3
-    meta = np.array([[0, 1024, 1024, 3, 1024, 1024, 3, 0, 0, 1024, 1024, 1.0] + [1] * classes] * batch)
+    meta = np.stack([compose_image_meta(0, (1024, 1024, 3), (1024, 1024, 3), (0, 0, 1024, 1024), 1.0,
+                                        [1] * classes)] * batch)
     return [tf.constant(x, tf.float32) for x in (rois, probs, deltas, meta)]
 
 

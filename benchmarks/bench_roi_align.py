@@ -42,6 +42,7 @@ def main():
     import numpy as np
     import tensorflow as tf
     from mrcnn import model as modellib
+    from mrcnn.image_meta import compose_image_meta
     from mrcnn.pipeline import training_dataset
     from mrcnn.roi_heads import PyramidROIAlign
     from samples.shapes.shapes import FastShapesConfig, make_dataset, TRAIN_SEED
@@ -50,8 +51,8 @@ def main():
     corners = rng.random((8, 500, 2, 2)).astype(np.float32)
     boxes = np.concatenate([corners.min(2), corners.max(2)], -1)
     maps = [tf.constant(rng.random((8, s, s, 64)).astype(np.float32)) for s in (32, 16, 8, 4)]
-    meta = np.zeros((8, 16), np.float32)
-    meta[:, 4:7] = (128, 128, 3)
+    meta = np.stack([compose_image_meta(0, (128, 128, 3), (128, 128, 3), (0, 0, 128, 128), 1.0,
+                                        [1] * 4)] * 8).astype(np.float32)
     env = {"cpu": cpu_model(), "cores": os.cpu_count(), "tensorflow": tf.__version__}
 
     for name, (aligned, ratio) in GRIDS.items():

@@ -18,6 +18,8 @@ import numbers
 
 import numpy as np
 
+from mrcnn.image_meta import meta_size
+
 RESIZE_MODES = ("none", "square", "pad64", "crop")
 BACKBONES = ("resnet50", "resnet101")
 OPTIMIZERS = ("sgd", "adam")
@@ -198,8 +200,7 @@ class Config:
         self.BATCH_SIZE = self.IMAGES_PER_GPU * self.GPU_COUNT
         side = self.IMAGE_MIN_DIM if self.IMAGE_RESIZE_MODE == "crop" else self.IMAGE_MAX_DIM
         self.IMAGE_SHAPE = np.array([side, side, self.IMAGE_CHANNEL_COUNT])
-        # image_id, original shape, resized shape, window, scale, active classes
-        self.IMAGE_META_SIZE = 1 + 3 + 3 + 4 + 1 + self.NUM_CLASSES
+        self.IMAGE_META_SIZE = meta_size(self.NUM_CLASSES)  # layout: mrcnn.image_meta
         self.validate()
 
     def to_dict(self):

@@ -33,6 +33,8 @@ import numpy as np
 import tensorflow as tf
 
 from mrcnn import files
+from mrcnn.geometry import normalized_anchors, unmold_boxes_graph
+from mrcnn.image_meta import compose_image_meta_graph
 
 
 def _axis_weights(out_size, in_size):
@@ -73,7 +75,7 @@ def resize_like_skimage(x, out_h, out_w):
 class ServingModule(tf.Module):
     """The exported module: the Keras inference model plus molding and unmolding."""
 
-    def __init__(self, keras_model, config, anchors):
+    def __init__(self, keras_model, config):
         super().__init__(name="mrcnn_serving")
         self.keras_model = keras_model
         self._dim = int(config.IMAGE_MAX_DIM)
@@ -81,7 +83,7 @@ class ServingModule(tf.Module):
         self._min_scale = float(config.IMAGE_MIN_SCALE or 0)
         self._mean = np.asarray(config.MEAN_PIXEL, np.float64)
         self._num_classes = int(config.NUM_CLASSES)
-        self._anchors = np.asarray(anchors, np.float32)[None]
+        self._anchors = normalized_anchors(config, (self._dim, self._dim))[None]
 
     @tf.function(input_signature=[tf.TensorSpec([None, None, 3], tf.uint8, name="image")])
     def detect_image(self, image):
@@ -111,10 +113,9 @@ class ServingModule(tf.Module):
         molded = tf.cast(padded - self._mean, tf.float32)
         molded = tf.ensure_shape(molded, [self._dim, self._dim, 3])
         window = tf.stack([top, left, new_h + top, new_w + left])
-        meta = tf.concat([tf.cast(tf.stack([0, h, w, 3, self._dim, self._dim, 3]), tf.float64),
-                          tf.cast(window, tf.float64), scale[None],
-                          tf.zeros([self._num_classes], tf.float64)], axis=0)
-        return molded, tf.cast(meta, tf.float32), window
+        meta = compose_image_meta_graph(0, tf.stack([h, w, 3]), [self._dim, self._dim, 3], window,
+                                        scale, tf.zeros([self._num_classes]))
+        return molded, meta, window
 
     def _detect(self, image):
         molded, meta, window = self._mold(image)
@@ -133,14 +134,8 @@ class ServingModule(tf.Module):
         scores = detections[:, 5]
         masks = tf.gather(tf.transpose(mrcnn_mask, [0, 3, 1, 2]), class_ids, axis=1, batch_dims=1)
 
-        # norm_boxes(window) is float32; box arithmetic stays float32, denorm_boxes goes to float64.
-        span = tf.constant(self._dim - 1, tf.float64)
-        w = tf.cast((tf.cast(window, tf.float64) - [0.0, 0.0, 1.0, 1.0]) / span, tf.float32)
-        shift = tf.stack([w[0], w[1], w[0], w[1]])
-        size = tf.stack([w[2] - w[0], w[3] - w[1], w[2] - w[0], w[3] - w[1]])
-        boxes = (detections[:, :4] - shift) / size
-        scale = tf.cast(tf.stack([height - 1, width - 1, height - 1, width - 1]), tf.float64)
-        boxes = tf.cast(tf.round(tf.cast(boxes, tf.float64) * scale + [0.0, 0.0, 1.0, 1.0]), tf.int32)
+        boxes = unmold_boxes_graph(detections[:, :4], window, (self._dim, self._dim),
+                                   tf.stack([height, width]))
 
         keep = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]) > 0
         boxes, class_ids = tf.boolean_mask(boxes, keep), tf.boolean_mask(class_ids, keep)
@@ -186,8 +181,7 @@ def export_saved_model(model, path, overwrite=False):
     if os.path.exists(path) and not overwrite and (not os.path.isdir(path) or os.listdir(path)):
         raise ValueError(f"export_saved_model(): {path!r} exists and is not an empty folder; "
                          "choose a new path, or pass overwrite=True to replace it.")
-    dim = config.IMAGE_MAX_DIM
-    module = ServingModule(model.keras_model, config, model.get_anchors((dim, dim)))
+    module = ServingModule(model.keras_model, config)
     parent = os.path.dirname(path)
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(path)}.", dir=parent)

@@ -51,10 +51,12 @@ def apply_box_deltas(boxes, deltas):
     return np.stack([y1, x1, y1 + height, x1 + width], axis=1)
 
 
-def box_refinement(box, gt_box):
-    """Deltas [N, (dy, dx, log(dh), log(dw))] that turn `box` into `gt_box` (float32)."""
-    box = box.astype(np.float32)
-    gt_box = gt_box.astype(np.float32)
+def box_deltas(box, gt_box):
+    """Deltas [N, (dy, dx, log(dh), log(dw))] that turn `box` [N, 4] into `gt_box` [N, 4].
+
+    Computed in the dtype numpy's promotion gives the inputs: float64 for
+    matterport's RPN targets (float64 anchors), float32 in `box_refinement`.
+    """
     height = box[:, 2] - box[:, 0]
     width = box[:, 3] - box[:, 1]
     center_y = box[:, 0] + 0.5 * height
@@ -68,6 +70,11 @@ def box_refinement(box, gt_box):
     dh = np.log(gt_height / height)
     dw = np.log(gt_width / width)
     return np.stack([dy, dx, dh, dw], axis=1)
+
+
+def box_refinement(box, gt_box):
+    """Deltas [N, (dy, dx, log(dh), log(dw))] that turn `box` into `gt_box` (float32)."""
+    return box_deltas(box.astype(np.float32), gt_box.astype(np.float32))
 
 
 def generate_anchors(scales, ratios, shape, feature_stride, anchor_stride):
@@ -120,6 +127,21 @@ def denorm_boxes(boxes, shape):
     return np.around(np.multiply(boxes, scale) + shift).astype(np.int32)
 
 
+def unmold_boxes(boxes, window, image_shape, original_image_shape):
+    """Normalised boxes [N, 4] of a molded image -> int32 pixel boxes of the original image.
+
+    `window` (y1, x1, y2, x2, pixels) is where the original image lies in the
+    molded one of `image_shape`; the boxes are shifted and scaled from that
+    window to the whole original image of `original_image_shape` (matterport's
+    `unmold_detections` arithmetic: float32 window and boxes, then `denorm_boxes`).
+    """
+    wy1, wx1, wy2, wx2 = norm_boxes(window, image_shape[:2])
+    shift = np.array([wy1, wx1, wy1, wx1])
+    wh, ww = wy2 - wy1, wx2 - wx1
+    return denorm_boxes(np.divide(boxes - shift, np.array([wh, ww, wh, ww])),
+                        original_image_shape[:2])
+
+
 def apply_box_deltas_graph(boxes, deltas):
     """Apply (dy, dx, log(dh), log(dw)) refinements to boxes [..., 4]."""
     height = boxes[..., 2] - boxes[..., 0]
@@ -165,21 +187,37 @@ def box_refinement_graph(box, gt_box):
 
 
 def _box_scale_shift(shape):
-    h, w = tf.split(tf.cast(shape, tf.float32), 2, axis=-1)
-    return tf.concat([h, w, h, w], axis=-1) - 1.0, tf.constant([0., 0., 1., 1.])
+    """norm_boxes' scale (h - 1, w - 1, h - 1, w - 1) and shift, float64, for shape (height, width)."""
+    h, w = tf.split(tf.cast(shape, tf.float64), 2, axis=-1)
+    return tf.concat([h, w, h, w], axis=-1) - 1.0, tf.constant([0., 0., 1., 1.], tf.float64)
 
 
 def norm_boxes_graph(boxes, shape):
-    """Pixel boxes (y2, x2 exclusive) to normalised ones (inclusive);
-    shape is (height, width)."""
+    """`norm_boxes` on tensors: pixel boxes [..., 4] to normalised float32 ones; shape is
+    one (height, width) for all boxes. Computed in float64 and rounded once to
+    float32, as numpy does, so the bits are numpy's (for boxes with integer
+    values, as pixel boxes are, float32 division would round the same)."""
     scale, shift = _box_scale_shift(shape)
-    return (tf.cast(boxes, tf.float32) - shift) / scale
+    return tf.cast((tf.cast(boxes, tf.float64) - shift) / scale, tf.float32)
 
 
 def denorm_boxes_graph(boxes, shape):
-    """Normalised boxes to int32 pixel boxes (y2, x2 exclusive)."""
+    """`denorm_boxes` on tensors: normalised boxes [..., 4] to int32 pixel boxes, in float64
+    as numpy (boxes times the scale is exact there; in float32 it could round
+    across a .5 and move a corner by one pixel)."""
     scale, shift = _box_scale_shift(shape)
-    return tf.cast(tf.round(boxes * scale + shift), tf.int32)
+    return tf.cast(tf.round(tf.cast(boxes, tf.float64) * scale + shift), tf.int32)
+
+
+def unmold_boxes_graph(boxes, window, image_shape, original_image_shape):
+    """`unmold_boxes` on tensors, with numpy's dtype at each step (so its bits):
+    boxes [..., N, 4] float32, window [..., 4] (one per leading index), the
+    molded and original (height, width) shared by all."""
+    window = norm_boxes_graph(window, image_shape[:2])[..., None, :]
+    corner = tf.concat([window[..., :2], window[..., :2]], axis=-1)
+    size = window[..., 2:] - window[..., :2]
+    boxes = (tf.cast(boxes, tf.float32) - corner) / tf.concat([size, size], axis=-1)
+    return denorm_boxes_graph(boxes, original_image_shape[:2])
 
 
 def overlaps_graph(boxes1, boxes2):
@@ -196,23 +234,58 @@ def overlaps_graph(boxes1, boxes2):
     return intersection / (area1 + area2 - intersection)
 
 
-_ANCHOR_CACHE = {}
+def _hashable(value):
+    """Nested sequences and arrays as nested tuples of Python numbers (a cache key)."""
+    if isinstance(value, (list, tuple, np.ndarray)):
+        return tuple(_hashable(v) for v in value)
+    return value.item() if isinstance(value, np.generic) else value
 
 
-def compute_anchors(config, image_shape):
-    """Anchors [N, (y1, x1, y2, x2)] in pixels for images of `image_shape`.
+def anchor_params(scales, ratios, feature_shapes, feature_strides, anchor_stride):
+    """The arguments of `generate_pyramid_anchors` as one hashable tuple, the
+    key of the anchor caches (`normalized_anchors` takes it instead of a config)."""
+    return (_hashable(scales), _hashable(ratios), _hashable(feature_shapes),
+            _hashable(feature_strides), int(anchor_stride))
 
-    Cached per anchor configuration and shape; the array is read-only because
-    it is shared.
-    """
-    shapes = compute_backbone_shapes(config, image_shape)
-    key = (tuple(config.RPN_ANCHOR_SCALES), tuple(config.RPN_ANCHOR_RATIOS),
-           tuple(tuple(int(v) for v in s) for s in shapes), tuple(config.BACKBONE_STRIDES),
-           config.RPN_ANCHOR_STRIDE)
+
+def _params(config_or_params, image_shape):
+    """`anchor_params` of a config's pyramid for images of `image_shape`, or the given params."""
+    if isinstance(config_or_params, tuple):
+        return config_or_params
+    config = config_or_params
+    return anchor_params(config.RPN_ANCHOR_SCALES, config.RPN_ANCHOR_RATIOS,
+                         compute_backbone_shapes(config, image_shape), config.BACKBONE_STRIDES,
+                         config.RPN_ANCHOR_STRIDE)
+
+
+_ANCHOR_CACHE = {}  # (params,) -> pixel anchors; (params, (h, w)) -> normalised anchors
+
+
+def _cached(key, make):
+    """The read-only array cached under `key`, made by `make()` on first use."""
     if key not in _ANCHOR_CACHE:
-        anchors = generate_pyramid_anchors(
-            config.RPN_ANCHOR_SCALES, config.RPN_ANCHOR_RATIOS, shapes,
-            config.BACKBONE_STRIDES, config.RPN_ANCHOR_STRIDE)
-        anchors.flags.writeable = False
-        _ANCHOR_CACHE[key] = anchors
+        array = make()
+        array.flags.writeable = False
+        _ANCHOR_CACHE[key] = array
     return _ANCHOR_CACHE[key]
+
+
+def compute_anchors(config_or_params, image_shape):
+    """Anchors [N, (y1, x1, y2, x2)] (float64, pixels) for images of `image_shape`.
+
+    `config_or_params`: a Config (its RPN_ANCHOR_* and BACKBONE_STRIDES, the
+    backbone's feature shapes) or an `anchor_params` tuple. Cached per
+    anchor parameters; the array is read-only because it is shared.
+    """
+    params = _params(config_or_params, image_shape)
+    return _cached((params,), lambda: generate_pyramid_anchors(*params))
+
+
+def normalized_anchors(config_or_params, image_shape):
+    """`compute_anchors` normalised for images of `image_shape` (float32 [N, 4]):
+    the graph's `input_anchors`. Cached and read-only, shared by
+    `MaskRCNN.get_anchors`, the models' AnchorsLayer and the SavedModel export."""
+    params = _params(config_or_params, image_shape)
+    shape = tuple(int(d) for d in image_shape[:2])
+    return _cached((params, shape),
+                   lambda: norm_boxes(compute_anchors(params, image_shape), shape))

@@ -22,7 +22,7 @@ from mrcnn import utils
 from mrcnn.backbone import compute_backbone_shapes, resnet_graph  # noqa: F401
 from mrcnn.base_layers import BatchNorm  # noqa: F401
 from mrcnn.export import export_saved_model
-from mrcnn.geometry import compute_anchors
+from mrcnn.geometry import normalized_anchors, unmold_boxes
 from mrcnn.ground_truth import load_image_gt  # noqa: F401
 from mrcnn.image_meta import compose_image_meta, parse_image_meta, parse_image_meta_graph  # noqa: F401
 from mrcnn.imagenet import RESNET50_IMAGENET_URL, RESNET101_IMAGENET_URL, imagenet_weights  # noqa: F401
@@ -160,7 +160,6 @@ class MaskRCNN:
         with self._strategy.scope():
             self.keras_model = (build_training_model(config) if mode == "training"
                                 else build_inference_model(config))
-        self._anchor_cache = {}
         self._graph_cache = {}
         self._xla_split = None
         forward = self.keras_model
@@ -403,11 +402,7 @@ class MaskRCNN:
         scores = detections[:n, 5].astype(np.float32)
         masks = mrcnn_mask[np.arange(n), :, :, class_ids]
 
-        wy1, wx1, wy2, wx2 = utils.norm_boxes(window, image_shape[:2])
-        shift = np.array([wy1, wx1, wy1, wx1])
-        wh, ww = wy2 - wy1, wx2 - wx1
-        boxes = utils.denorm_boxes(np.divide(boxes - shift, np.array([wh, ww, wh, ww])),
-                                   original_image_shape[:2])
+        boxes = unmold_boxes(boxes, window, image_shape, original_image_shape)
 
         keep = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]) > 0
         boxes, class_ids, scores, masks = boxes[keep], class_ids[keep], scores[keep], masks[keep]
@@ -419,11 +414,9 @@ class MaskRCNN:
         return boxes, class_ids, scores, full_masks
 
     def get_anchors(self, image_shape):
-        """Normalised anchors [N, 4] (float32) for an image shape; computed once per shape."""
-        key = tuple(int(v) for v in image_shape[:2])
-        if key not in self._anchor_cache:
-            self._anchor_cache[key] = utils.norm_boxes(compute_anchors(self.config, image_shape), key)
-        return self._anchor_cache[key]
+        """Normalised anchors [N, 4] (float32, read-only) for an image shape: the cached
+        `geometry.normalized_anchors`, computed once per anchor settings and shape."""
+        return normalized_anchors(self.config, image_shape)
 
     def _inference_inputs(self, molded_images, image_metas):
         anchors = self.get_anchors(molded_images[0].shape)

@@ -226,7 +226,7 @@ def data_generator(dataset, config, shuffle=True, augment=False, augmentation=No
                    no_augmentation_sources=None):
     """Endless generator of training batches `(inputs, outputs)`, as matterport's.
 
-    inputs: images [B, H, W, C] float32 (molded), image_meta [B, 12 + NUM_CLASSES]
+    inputs: images [B, H, W, C] float32 (molded), image_meta [B, IMAGE_META_SIZE]
     float64, rpn_match [B, A, 1] int32, rpn_bbox [B, RPN_TRAIN_ANCHORS_PER_IMAGE, 4],
     gt_class_ids [B, MAX_GT_INSTANCES] int32, gt_boxes [B, MAX_GT_INSTANCES, 4]
     int32, gt_masks [B, h, w, MAX_GT_INSTANCES] bool; with random_rois > 0

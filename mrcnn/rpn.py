@@ -3,12 +3,10 @@
 import functools
 
 import keras
-import numpy as np
 import tensorflow as tf
 
-from mrcnn import utils
 from mrcnn.base_layers import GraphLayer, LossLayer, setting
-from mrcnn.geometry import apply_box_deltas_graph, clip_boxes_graph
+from mrcnn.geometry import anchor_params, apply_box_deltas_graph, clip_boxes_graph, normalized_anchors
 from mrcnn.tf_ops import batch_pack_graph, mean_or_zero, ranked_nms, smooth_l1_loss
 
 
@@ -108,9 +106,10 @@ class AnchorsLayer(GraphLayer):
     its input ([batch, anchors, 4], normalised coordinates).
 
     matterport's training graph held the anchors in a Lambda-made variable;
-    here they are computed once with numpy (`utils.generate_pyramid_anchors`
-    and `utils.norm_boxes`) and enter the graph as a constant, so they are
-    neither trained nor written to weight files.
+    here they are `geometry.normalized_anchors` of the constructor's
+    arguments (those of `utils.generate_pyramid_anchors`, and the image
+    shape), the array `MaskRCNN.get_anchors` returns, and enter the graph as
+    a constant, so they are neither trained nor written to weight files.
     """
 
     def __init__(self, scales, ratios, feature_shapes, feature_strides, anchor_stride,
@@ -122,10 +121,9 @@ class AnchorsLayer(GraphLayer):
         self.feature_strides = [int(s) for s in feature_strides]
         self.anchor_stride = int(anchor_stride)
         self.image_shape = [int(d) for d in image_shape[:2]]
-        anchors = utils.generate_pyramid_anchors(
-            self.scales, self.ratios, np.array(self.feature_shapes), self.feature_strides,
-            self.anchor_stride)
-        self.anchors = utils.norm_boxes(anchors, self.image_shape).astype(np.float32)
+        self.anchors = normalized_anchors(
+            anchor_params(self.scales, self.ratios, self.feature_shapes, self.feature_strides,
+                          self.anchor_stride), self.image_shape)
 
     def call(self, inputs):
         anchors = tf.constant(self.anchors)

@@ -9,7 +9,7 @@ import numpy as np
 
 from mrcnn import utils
 from mrcnn.backbone import compute_backbone_shapes
-from mrcnn.geometry import compute_anchors
+from mrcnn.geometry import box_deltas, compute_anchors
 
 
 def _rng(rng):
@@ -68,21 +68,10 @@ def build_rpn_targets(image_shape, anchors, gt_class_ids, gt_boxes, config, rng=
     if extra > 0:
         rpn_match[_rng(rng).choice(ids, extra, replace=False)] = 0
 
-    # Deltas from each positive anchor to its closest GT box (computed in
-    # float64 like matterport, not with the float32 utils.box_refinement).
+    # Deltas from each positive anchor to its closest GT box, in float64 (the
+    # anchors' dtype) like matterport, not with the float32 utils.box_refinement.
     ids = np.where(rpn_match == 1)[0]
-    a = anchors[ids]
-    gt = gt_boxes[anchor_iou_argmax[ids]]
-    gt_h = gt[:, 2] - gt[:, 0]
-    gt_w = gt[:, 3] - gt[:, 1]
-    a_h = a[:, 2] - a[:, 0]
-    a_w = a[:, 3] - a[:, 1]
-    deltas = np.stack([
-        ((gt[:, 0] + 0.5 * gt_h) - (a[:, 0] + 0.5 * a_h)) / a_h,
-        ((gt[:, 1] + 0.5 * gt_w) - (a[:, 1] + 0.5 * a_w)) / a_w,
-        np.log(gt_h / a_h),
-        np.log(gt_w / a_w),
-    ], axis=1)
+    deltas = box_deltas(anchors[ids], gt_boxes[anchor_iou_argmax[ids]])
     rpn_bbox[:len(ids)] = deltas / np.asarray(config.RPN_BBOX_STD_DEV)
     return rpn_match, rpn_bbox
 

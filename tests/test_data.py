@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 
 from mrcnn import geometry, ground_truth, image_meta, images, pipeline, targets, utils
-from mrcnn.backbone import compute_backbone_shapes
 from tests.conftest import TinyConfig
 
 
@@ -73,21 +72,10 @@ def one_square_dataset(**kw):
 
 
 ############################################################
-#  Meta data and molding
+#  Molding (the meta layout: tests/test_geometry.py)
 ############################################################
 
-def test_image_meta_roundtrip_and_mold(config):
-    meta = image_meta.compose_image_meta(7, (96, 64, 3), (128, 128, 3), (0, 21, 128, 107), 4 / 3,
-                                   np.array([1, 0, 1], np.int32))
-    assert meta.shape == (12 + 3,) and meta.dtype == np.float64
-    for parsed, index in ((image_meta.parse_image_meta(meta[np.newaxis]), (0,)),
-                          (image_meta.parse_image_meta(meta), ())):
-        assert parsed["image_id"][index] == 7
-        assert list(parsed["original_image_shape"][index]) == [96, 64, 3]
-        assert list(parsed["image_shape"][index]) == [128, 128, 3]
-        assert list(parsed["window"][index]) == [0, 21, 128, 107]
-        assert parsed["scale"][index] == pytest.approx(4 / 3)
-        assert list(parsed["active_class_ids"][index]) == [1, 0, 1]
+def test_mold_and_unmold_image(config):
     image = np.random.RandomState(0).randint(0, 256, (8, 8, 3)).astype(np.uint8)
     molded = images.mold_image(image, config)
     assert np.allclose(molded, image - config.MEAN_PIXEL)
@@ -373,17 +361,6 @@ def test_rpn_targets_with_degenerate_ground_truth(config):
     match, _ = targets.build_rpn_targets((128, 128, 3), anchors, np.array([-1]), crowd, config)
     touching = utils.compute_overlaps(anchors, crowd)[:, 0] >= 0.001
     assert not np.any(match == 1) and not np.any(match[touching] == -1)
-
-
-def test_compute_anchors_is_cached_and_matches_the_pyramid(config):
-    anchors = geometry.compute_anchors(config, config.IMAGE_SHAPE)
-    shapes = compute_backbone_shapes(config, config.IMAGE_SHAPE)
-    assert shapes.tolist() == [[32, 32], [16, 16], [8, 8], [4, 4], [2, 2]]
-    assert anchors is geometry.compute_anchors(config, config.IMAGE_SHAPE)
-    assert not anchors.flags.writeable
-    assert np.array_equal(anchors, utils.generate_pyramid_anchors(
-        config.RPN_ANCHOR_SCALES, config.RPN_ANCHOR_RATIOS, shapes, config.BACKBONE_STRIDES, 1))
-    assert anchors.shape == (3 * (32 * 32 + 16 * 16 + 64 + 16 + 4), 4)
 
 
 ############################################################

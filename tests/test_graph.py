@@ -19,13 +19,13 @@ from mrcnn import mask_rcnn, utils
 from mrcnn.backbone import compute_backbone_shapes, resnet_graph
 from mrcnn.base_layers import BatchNorm
 from mrcnn.config import LOSS_NAMES, Config
-from mrcnn.geometry import apply_box_deltas_graph, box_refinement_graph, clip_boxes_graph, denorm_boxes_graph, norm_boxes_graph, overlaps_graph
-from mrcnn.image_meta import parse_image_meta_graph
+from mrcnn.geometry import apply_box_deltas_graph, clip_boxes_graph
+from mrcnn.image_meta import compose_image_meta
 from mrcnn.tf_ops import batch_pack_graph, smooth_l1_loss, trim_zeros_graph
 from mrcnn.roi_heads import (DetectionLayer, DetectionTargetLayer, PyramidROIAlign,
                              RoIDistributed, mrcnn_bbox_loss_graph, mrcnn_class_loss_graph,
                              mrcnn_mask_loss_graph)
-from mrcnn.rpn import (AnchorsLayer, ProposalLayer, rpn_bbox_loss_graph,
+from mrcnn.rpn import (ProposalLayer, rpn_bbox_loss_graph,
                        rpn_class_loss_graph)
 from tests.conftest import TinyConfig
 
@@ -65,7 +65,8 @@ class TinyBackboneConfig(GraphConfig):
 def image_meta(batch, image_shape=(128, 128, 3), window=None, num_classes=4, active=None):
     window = window if window is not None else (0, 0) + tuple(image_shape[:2])
     active = active if active is not None else [1] * num_classes
-    return np.array([[0, *image_shape, *image_shape, *window, 1.0, *active]] * batch, np.float32)
+    return np.array([compose_image_meta(0, image_shape, image_shape, window, 1.0, active)] * batch,
+                    np.float32)
 
 
 def training_batch(config, batch, rng, rois=False):
@@ -255,42 +256,13 @@ def test_train_bn_flag_freezes_every_batchnorm(training_model):
 
 # --------------------------------------------------------------------------- graph utils
 
-def test_box_helpers_match_numpy_utils():
-    rng = np.random.default_rng(1)
-    corner, size = rng.uniform(0, 80, (20, 2)), rng.uniform(5, 20, (20, 2))
-    boxes = np.concatenate([corner, corner + size], 1).astype(np.float32)
-    gt = (boxes + rng.uniform(-3, 3, boxes.shape)).astype(np.float32)
-    deltas = box_refinement_graph(boxes, gt).numpy()
-    np.testing.assert_allclose(deltas, utils.box_refinement(boxes, gt), rtol=1e-4, atol=1e-5)
-    np.testing.assert_allclose(apply_box_deltas_graph(boxes, deltas), gt, rtol=1e-4, atol=1e-3)
-    np.testing.assert_allclose(apply_box_deltas_graph(boxes[None], deltas[None])[0], gt,
-                               rtol=1e-4, atol=1e-3)
-    np.testing.assert_allclose(overlaps_graph(boxes, gt), utils.compute_overlaps(boxes, gt),
-                               rtol=1e-5, atol=1e-6)
-    pixels = np.array([[0, 0, 128, 64], [10, 20, 30, 40]], np.float32)
-    norm = norm_boxes_graph(pixels, (128, 64)).numpy()
-    np.testing.assert_allclose(norm, utils.norm_boxes(pixels, (128, 64)), rtol=1e-6)
-    assert denorm_boxes_graph(norm, (128, 64)).numpy().tolist() == pixels.astype(int).tolist()
-    clipped = clip_boxes_graph(tf.constant([[[-0.5, 0.2, 0.7, 1.5]], [[0.1, 0.1, 0.2, 0.2]]]),
-                               tf.constant([[[0., 0., 1., 1.]], [[0.15, 0., 1., 1.]]]))
-    np.testing.assert_allclose(clipped, [[[0, 0.2, 0.7, 1]], [[0.15, 0.1, 0.2, 0.2]]])
-
-
-def test_trim_pack_smooth_l1_and_meta():
+def test_trim_pack_and_smooth_l1():
     trimmed, keep = trim_zeros_graph(tf.constant([[0, 0, 0, 0], [1, 2, 3, 4], [0, 0, 0, 0.]]))
     assert trimmed.numpy().tolist() == [[1, 2, 3, 4]] and keep.numpy().tolist() == [0, 1, 0]
     x = tf.reshape(tf.range(12), (2, 3, 2))
     assert batch_pack_graph(x, tf.constant([2, 1])).numpy().tolist() == [[0, 1], [2, 3], [6, 7]]
     np.testing.assert_allclose(smooth_l1_loss(tf.zeros(4), tf.constant([0.5, -0.5, 2.0, -3.0])),
                                [0.125, 0.125, 1.5, 2.5])
-    meta = image_meta(2, image_shape=(64, 96, 3), window=(1, 2, 60, 90), active=[1, 0, 1, 1])
-    meta[1, 0] = 7
-    parsed = {k: v.numpy() for k, v in parse_image_meta_graph(tf.constant(meta)).items()}
-    assert parsed["image_id"].tolist() == [0, 7]
-    assert parsed["image_shape"][0].tolist() == [64, 96, 3]
-    assert parsed["window"][1].tolist() == [1, 2, 60, 90]
-    assert parsed["scale"].tolist() == [1, 1]
-    assert parsed["active_class_ids"][0].tolist() == [1, 0, 1, 1]
 
 
 # --------------------------------------------------------------------------- proposals
@@ -338,23 +310,6 @@ def test_proposal_layer_equals_per_image_non_max_suppression():
         expected = np.zeros((120, 4), np.float32)
         expected[:len(keep)] = boxes[keep]
         np.testing.assert_allclose(out[i], expected, atol=1e-6)
-
-
-def test_anchors_layer_is_a_broadcast_constant(config):
-    layer = AnchorsLayer(config.RPN_ANCHOR_SCALES, config.RPN_ANCHOR_RATIOS,
-                         compute_backbone_shapes(config, config.IMAGE_SHAPE),
-                         config.BACKBONE_STRIDES, 1, config.IMAGE_SHAPE)
-    expected = utils.norm_boxes(utils.generate_pyramid_anchors(
-        config.RPN_ANCHOR_SCALES, config.RPN_ANCHOR_RATIOS,
-        compute_backbone_shapes(config, config.IMAGE_SHAPE), config.BACKBONE_STRIDES, 1),
-        (128, 128))
-    for batch in (1, 2):
-        out = layer(np.zeros((batch, 128, 128, 3), np.float32)).numpy()
-        assert out.shape == (batch, 4092, 4)
-        np.testing.assert_allclose(out[-1], expected, rtol=1e-6)
-    assert not layer.weights
-    np.testing.assert_array_equal(AnchorsLayer.from_config(layer.get_config()).anchors,
-                                  layer.anchors)
 
 
 # --------------------------------------------------------------------------- RoIAlign
