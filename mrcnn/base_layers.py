@@ -1,23 +1,9 @@
 """What every custom layer builds on: the weightless base layers and the BatchNorm policy."""
 
+from typing import ClassVar
+
 import keras
 import tensorflow as tf
-
-
-_REQUIRED = object()
-
-
-def setting(value, config, attr, default=_REQUIRED):
-    """`value` if given, else `config.<attr>`, else `default` (for settings
-    matterport did not have): lets layers take matterport's `config=` argument
-    yet serialise plain values in `get_config`."""
-    if value is not None:
-        return value
-    if config is not None:
-        return getattr(config, attr)
-    if default is _REQUIRED:
-        raise ValueError(f"Pass either config or {attr.lower()}.")
-    return default
 
 
 class GraphLayer(keras.layers.Layer):
@@ -26,12 +12,49 @@ class GraphLayer(keras.layers.Layer):
     They compute in float32 whatever the global dtype policy (box arithmetic
     needs it), and declare `supports_jit = False`: their dynamic shapes (NMS,
     tf.where, map_fn) do not compile with XLA, and Keras' default
-    jit_compile="auto" would otherwise turn XLA on for the model on GPUs."""
+    jit_compile="auto" would otherwise turn XLA on for the model on GPUs.
+
+    Settings reach a layer one way: plain constructor arguments, which
+    `get_config` stores as they are. `from_model_config(config, **arguments)`
+    builds a layer from a mrcnn `Config` (detectron2's `from_config`
+    pattern) through `config_arguments`, the layer's one mapping from Config
+    attributes to arguments (CONFIG_ATTRIBUTES: argument -> attribute, or an
+    override for computed ones). It is not named `from_config`: Keras
+    reserves `Layer.from_config(dict)` for deserialisation from
+    `get_config`'s dict. The layers with matterport's `config=` argument
+    (ProposalLayer, DetectionTargetLayer, DetectionLayer) pass it to
+    `settings`, which fills the arguments not given through that same
+    mapping.
+    """
+
+    CONFIG_ATTRIBUTES: ClassVar[dict] = {}   # constructor argument -> Config attribute
+    SETTING_DEFAULTS: ClassVar[dict] = {}    # defaults of arguments that matterport's Config did not have
 
     def __init__(self, **kwargs):
         kwargs.setdefault("dtype", "float32")
         super().__init__(**kwargs)
         self.supports_jit = False
+
+    @classmethod
+    def config_arguments(cls, config):
+        """{constructor argument: value} read from a mrcnn Config."""
+        return {arg: getattr(config, attr) for arg, attr in cls.CONFIG_ATTRIBUTES.items()}
+
+    @classmethod
+    def from_model_config(cls, config, **arguments):
+        """The layer with its settings from `config`; `arguments` (e.g. name) are added or replace them."""
+        return cls(**{**cls.config_arguments(config), **arguments})
+
+    @classmethod
+    def settings(cls, config, **given):
+        """The CONFIG_ATTRIBUTES arguments for matterport's `config=`: each given
+        one (not None), else `config`'s, else its SETTING_DEFAULTS value."""
+        values = {**cls.SETTING_DEFAULTS, **(cls.config_arguments(config) if config is not None else {}),
+                  **{arg: value for arg, value in given.items() if value is not None}}
+        missing = [arg for arg in given if values.get(arg) is None]
+        if missing:
+            raise ValueError(f"{cls.__name__}: pass config or {', '.join(missing)}.")
+        return values
 
 
 class LossLayer(GraphLayer):

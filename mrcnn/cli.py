@@ -14,6 +14,7 @@ arguments); --debug shows the traceback instead. Also `python -m mrcnn`.
 
 import argparse
 import ast
+import dataclasses
 import difflib
 import importlib
 import numbers
@@ -115,22 +116,38 @@ def _checked_value(key, default, value, option):
     return value
 
 
-def make_config(args, num_classes=None, images_per_batch=None):
-    """The command's Config instance: --config-class, NAME "mrcnn" if unset, NUM_CLASSES, --config."""
-    base = config_class(args.config_class)
-    overrides = parse_overrides(args.config, base)
-    attrs = {"NAME": base.NAME or "mrcnn"}
-    if num_classes is not None:
-        attrs["NUM_CLASSES"] = num_classes
-    if images_per_batch is not None:
-        attrs.update(GPU_COUNT=1, IMAGES_PER_GPU=images_per_batch)
-    attrs.update(overrides)
-    return type(base.__name__, (base,), attrs)()
+@dataclasses.dataclass(frozen=True)
+class ConfigSettings:
+    """A command line's Config: the --config-class and its parsed --config overrides."""
+
+    base: type
+    overrides: dict
+
+    @property
+    def name(self):
+        """The config's NAME: --config NAME=..., else the class's, else "mrcnn"."""
+        return self.overrides.get("NAME") or self.base.NAME or "mrcnn"
+
+    def build(self, num_classes=None):
+        """The Config instance: NAME "mrcnn" if unset, NUM_CLASSES if given, then the overrides."""
+        attrs = {"NAME": self.base.NAME or "mrcnn"}
+        if num_classes is not None:
+            attrs["NUM_CLASSES"] = num_classes
+        attrs.update(self.overrides)
+        return type(self.base.__name__, (self.base,), attrs)()
 
 
-def config_name(args):
-    base = config_class(args.config_class)
-    return parse_overrides(args.config, base).get("NAME") or base.NAME or "mrcnn"
+def config_settings(args):
+    """The command's `ConfigSettings`, parsed from args once and kept on `args`."""
+    if getattr(args, "config_settings", None) is None:
+        base = config_class(args.config_class)
+        args.config_settings = ConfigSettings(base, parse_overrides(args.config, base))
+    return args.config_settings
+
+
+def make_config(args, num_classes=None):
+    """The command's Config instance (see `ConfigSettings.build`)."""
+    return config_settings(args).build(num_classes)
 
 
 ############################################################
@@ -171,7 +188,7 @@ def trained_weights(args):
         raise UsageError(f"--weights {args.weights} has no trained heads; pass last, coco or a "
                          "checkpoint path.")
     if args.weights == "last":
-        return last_checkpoint(args.logs, config_name(args))
+        return last_checkpoint(args.logs, config_settings(args).name)
     if args.weights == "coco":
         return coco_weights_path()
     if not os.path.isfile(args.weights):
@@ -190,18 +207,15 @@ def classes_in_weights(path):
                      "pass --config NUM_CLASSES=N or --dataset.")
 
 
-def inference_model(args, weights, num_classes=None):
-    """An inference MaskRCNN with `weights` loaded; NUM_CLASSES from the dataset or the file."""
+def load_detector(args, weights, num_classes=None):
+    """An inference MaskRCNN (`model.inference_model`) for --batch images per call with
+    `weights` loaded; NUM_CLASSES from the dataset, --config or the weights file."""
     from mrcnn import model as modellib
 
-    overrides = parse_overrides(args.config, config_class(args.config_class))
-    if num_classes is None and "NUM_CLASSES" not in overrides:
+    if num_classes is None and "NUM_CLASSES" not in config_settings(args).overrides:
         num_classes = classes_in_weights(weights)
-    config = make_config(args, num_classes=num_classes, images_per_batch=args.batch)
-    model = modellib.MaskRCNN("inference", config, args.logs)
-    print(f"Loading weights {weights}", flush=True)
-    model.load_weights(weights, by_name=True, verbose=1)
-    return model
+    return modellib.inference_model(make_config(args, num_classes=num_classes), weights=weights,
+                                    images_per_batch=args.batch, model_dir=args.logs, verbose=1)
 
 
 ############################################################
@@ -251,7 +265,7 @@ def evaluate_command(args):
 
     weights = trained_weights(args)
     dataset = load_dataset(args, args.dataset, args.subset, args.image_dir)
-    model = inference_model(args, weights, num_classes=dataset.num_classes)
+    model = load_detector(args, weights, num_classes=dataset.num_classes)
     metrics = evaluate.evaluate(model, dataset, limit=args.limit, results_path=args.results)
     print(evaluate.format_metrics(metrics))
     if args.results:
@@ -306,9 +320,9 @@ def detect_command(args):
     weights = trained_weights(args)
     if args.dataset:
         dataset = load_dataset(args, args.dataset, args.subset, args.image_dir)
-        model = inference_model(args, weights, num_classes=dataset.num_classes)
+        model = load_detector(args, weights, num_classes=dataset.num_classes)
     else:
-        model = inference_model(args, weights)
+        model = load_detector(args, weights)
         dataset = ImageFiles()
         dataset.load_files(args.images, ["BG"] + [f"class {i}" for i in range(1, model.config.NUM_CLASSES)])
         dataset.prepare()
@@ -354,7 +368,7 @@ def _image_name(dataset, image_id):
 
 def export_command(args):
     """Export --weights as a TensorFlow SavedModel to --output."""
-    model = inference_model(args, trained_weights(args))
+    model = load_detector(args, trained_weights(args))
     print(f"Exporting a SavedModel to {args.output}", flush=True)
     t0 = time.time()
     model.export_saved_model(args.output, overwrite=args.overwrite)
@@ -376,42 +390,40 @@ def positive_int(text):
     return value
 
 
-def build_parser():
-    parser = argparse.ArgumentParser(
-        prog="mrcnn", description="Mask R-CNN: train, evaluate, detect and export on COCO, VIA, "
-                                  "labelme or mask-folder datasets.",
-        epilog="Run `mrcnn COMMAND --help` for a command's options.")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+def _command(sub, name, func, help_text):
+    """A subcommand's parser with the options every command has."""
+    p = sub.add_parser(name, help=help_text, description=help_text)
+    p.set_defaults(func=func)
+    p.add_argument("--logs", default="logs",
+                   help="folder of training runs and checkpoints (default: logs)")
+    p.add_argument("--config", action="extend", nargs="+", metavar="KEY=VALUE",
+                   help="override Config settings, e.g. --config IMAGE_MAX_DIM=512 "
+                        "DETECTION_MIN_CONFIDENCE=0.5 (values are Python literals, else text)")
+    p.add_argument("--config-class", metavar="MODULE:CLASS",
+                   help="start from this Config subclass instead of mrcnn.config.Config")
+    p.add_argument("--debug", action="store_true", help="show tracebacks of errors")
+    return p
 
-    def command(name, func, help_text):
-        p = sub.add_parser(name, help=help_text, description=help_text)
-        p.set_defaults(func=func)
-        p.add_argument("--logs", default="logs",
-                       help="folder of training runs and checkpoints (default: logs)")
-        p.add_argument("--config", action="extend", nargs="+", metavar="KEY=VALUE",
-                       help="override Config settings, e.g. --config IMAGE_MAX_DIM=512 "
-                            "DETECTION_MIN_CONFIDENCE=0.5 (values are Python literals, else text)")
-        p.add_argument("--config-class", metavar="MODULE:CLASS",
-                       help="start from this Config subclass instead of mrcnn.config.Config")
-        p.add_argument("--debug", action="store_true", help="show tracebacks of errors")
-        return p
 
-    def dataset_options(p, required):
-        p.add_argument("--dataset", required=required, metavar="PATH",
-                       help="annotation file or dataset folder")
-        p.add_argument("--format", choices=FORMATS, help="the dataset's format")
-        p.add_argument("--subset", help="subset to load (e.g. train, val), as the format defines")
-        p.add_argument("--image-dir", help="folder of the images (coco without --subset, via; "
-                                           "default: the annotation file's folder)")
+def _dataset_options(p, required):
+    p.add_argument("--dataset", required=required, metavar="PATH",
+                   help="annotation file or dataset folder")
+    p.add_argument("--format", choices=FORMATS, help="the dataset's format")
+    p.add_argument("--subset", help="subset to load (e.g. train, val), as the format defines")
+    p.add_argument("--image-dir", help="folder of the images (coco without --subset, via; "
+                                       "default: the annotation file's folder)")
 
-    def inference_options(p, batch=True):
-        p.add_argument("--weights", default="last", help=f"{WEIGHTS_HELP} (default: last)")
-        if batch:
-            p.add_argument("--batch", type=positive_int, default=1,
-                           help="images per detect() call (default: 1)")
 
-    p = command("train", train_command, "train a model on a dataset")
-    dataset_options(p, required=True)
+def _inference_options(p, batch=True):
+    p.add_argument("--weights", default="last", help=f"{WEIGHTS_HELP} (default: last)")
+    if batch:
+        p.add_argument("--batch", type=positive_int, default=1,
+                       help="images per detect() call (default: 1)")
+
+
+def _add_train(sub):
+    p = _command(sub, "train", train_command, "train a model on a dataset")
+    _dataset_options(p, required=True)
     p.add_argument("--val-dataset", metavar="PATH",
                    help="validation annotation file or folder (default: --dataset with --val-subset)")
     p.add_argument("--val-subset", help="validation subset")
@@ -432,31 +444,49 @@ def build_parser():
                    help="validation images scored by --eval-every (default: all)")
     p.add_argument("--workers", type=positive_int, default=2, help="data-loading threads (default: 2)")
 
-    p = command("evaluate", evaluate_command,
-                "COCO AP (bbox, segm: the 12 COCOeval numbers) and mAP of a model on a dataset")
-    dataset_options(p, required=True)
-    inference_options(p)
+
+def _add_evaluate(sub):
+    p = _command(sub, "evaluate", evaluate_command,
+                 "COCO AP (bbox, segm: the 12 COCOeval numbers) and mAP of a model on a dataset")
+    _dataset_options(p, required=True)
+    _inference_options(p)
     p.add_argument("--limit", type=positive_int, metavar="IMAGES",
                    help="score only the first IMAGES images")
     p.add_argument("--output", metavar="FILE", help="write the metrics to this JSON file")
     p.add_argument("--results", metavar="FILE", help="write the detections as COCO results JSON")
 
-    p = command("detect", detect_command,
-                "detect on image files or a dataset; write PNGs and/or COCO results JSON")
+
+def _add_detect(sub):
+    p = _command(sub, "detect", detect_command,
+                 "detect on image files or a dataset; write PNGs and/or COCO results JSON")
     p.add_argument("--images", metavar="PATH", help="an image file or a folder of images")
-    dataset_options(p, required=False)
-    inference_options(p)
+    _dataset_options(p, required=False)
+    _inference_options(p)
     p.add_argument("--limit", type=positive_int, metavar="IMAGES", help="only the first IMAGES images")
     p.add_argument("--output", default="detections",
                    help="folder for the PNGs with masks, boxes and scores (default: detections)")
     p.add_argument("--no-png", action="store_true", help="write no PNGs (with --results)")
     p.add_argument("--results", metavar="FILE", help="write the detections as COCO results JSON")
 
-    p = command("export", export_command, "export a model as a TensorFlow SavedModel for serving")
-    inference_options(p, batch=False)
+
+def _add_export(sub):
+    p = _command(sub, "export", export_command,
+                 "export a model as a TensorFlow SavedModel for serving")
+    _inference_options(p, batch=False)
     p.set_defaults(batch=1)
     p.add_argument("--output", required=True, metavar="FOLDER", help="SavedModel folder to write")
     p.add_argument("--overwrite", action="store_true", help="replace --output if it exists")
+
+
+def build_parser():
+    """The `mrcnn` argument parser: one subcommand per command."""
+    parser = argparse.ArgumentParser(
+        prog="mrcnn", description="Mask R-CNN: train, evaluate, detect and export on COCO, VIA, "
+                                  "labelme or mask-folder datasets.",
+        epilog="Run `mrcnn COMMAND --help` for a command's options.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for add in (_add_train, _add_evaluate, _add_detect, _add_export):
+        add(sub)
     return parser
 
 
@@ -468,7 +498,7 @@ def main(argv=None):
         parser.print_help()
         return 2
     try:
-        parse_overrides(args.config, config_class(args.config_class))   # fail fast on a typo
+        config_settings(args)   # fail fast on a typo
         args.func(args)
     except KeyboardInterrupt:
         print("mrcnn: interrupted", file=sys.stderr)

@@ -197,11 +197,19 @@ class Config:
     XLA = False
 
     def __init__(self):
-        self.BATCH_SIZE = self.IMAGES_PER_GPU * self.GPU_COUNT
-        side = self.IMAGE_MIN_DIM if self.IMAGE_RESIZE_MODE == "crop" else self.IMAGE_MAX_DIM
-        self.IMAGE_SHAPE = np.array([side, side, self.IMAGE_CHANNEL_COUNT])
-        self.IMAGE_META_SIZE = meta_size(self.NUM_CLASSES)  # layout: mrcnn.image_meta
+        self.__dict__.update(self.computed_settings())
         self.validate()
+
+    def computed_settings(self):
+        """BATCH_SIZE, IMAGE_SHAPE and IMAGE_META_SIZE as the other settings give them.
+
+        They are set when the config is created; `validate` rejects an
+        instance whose other settings were changed since (a model built
+        from it would get the old values)."""
+        side = self.IMAGE_MIN_DIM if self.IMAGE_RESIZE_MODE == "crop" else self.IMAGE_MAX_DIM
+        return {"BATCH_SIZE": self.IMAGES_PER_GPU * self.GPU_COUNT,
+                "IMAGE_SHAPE": np.array([side, side, self.IMAGE_CHANNEL_COUNT]),
+                "IMAGE_META_SIZE": meta_size(self.NUM_CLASSES)}  # layout: mrcnn.image_meta
 
     def to_dict(self):
         """All upper-case settings (computed ones included) as a dict."""
@@ -216,20 +224,34 @@ class Config:
         print("\n")
 
     def validate(self):
-        """Raise ValueError naming the attribute and the fix if this config cannot work."""
-        def fail(attr, problem, fix):
-            raise ValueError(f"{type(self).__name__}.{attr} {problem}. {fix}")
+        """Raise ValueError naming the attribute and the fix if this config cannot work.
 
-        def check_int(attr, minimum):
-            value = getattr(self, attr)
-            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
-                fail(attr, f"is {value!r}", f"Set it to an integer >= {minimum}.")
+        Runs when the config is created and when a `MaskRCNN` is built from it
+        (so attributes changed on an instance are checked too)."""
+        self._validate_numbers()
+        self._validate_choices()
+        self._validate_backbone_and_anchors()
+        self._validate_image_size()
+        self._validate_heads()
+        self._validate_computed()
 
-        def check_fraction(attr):
-            value = getattr(self, attr)
-            if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 <= value <= 1:
-                fail(attr, f"is {value!r}", "Set it to a number between 0 and 1.")
+    # ------------------------------------------------------------ validation helpers
 
+    def _fail(self, attr, problem, fix):
+        raise ValueError(f"{type(self).__name__}.{attr} {problem}. {fix}")
+
+    def _check_int(self, attr, minimum):
+        value = getattr(self, attr)
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+            self._fail(attr, f"is {value!r}", f"Set it to an integer >= {minimum}.")
+
+    def _check_fraction(self, attr):
+        value = getattr(self, attr)
+        if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 <= value <= 1:
+            self._fail(attr, f"is {value!r}", "Set it to a number between 0 and 1.")
+
+    def _validate_numbers(self):
+        """Counts, flags, fractions and rates: each of the right kind and range."""
         for attr in ("GPU_COUNT", "IMAGES_PER_GPU", "STEPS_PER_EPOCH", "NUM_CLASSES",
                      "RPN_ANCHOR_STRIDE", "RPN_TRAIN_ANCHORS_PER_IMAGE", "PRE_NMS_LIMIT",
                      "POST_NMS_ROIS_TRAINING", "POST_NMS_ROIS_INFERENCE",
@@ -237,107 +259,129 @@ class Config:
                      "MAX_GT_INSTANCES", "DETECTION_MAX_INSTANCES",
                      "FPN_CLASSIF_FC_LAYERS_SIZE", "TOP_DOWN_PYRAMID_SIZE",
                      "IMAGE_CHANNEL_COUNT"):
-            check_int(attr, 1)
-        check_int("VALIDATION_STEPS", 0)
-        check_int("ROI_ALIGN_SAMPLING_RATIO", 1)
+            self._check_int(attr, 1)
+        self._check_int("VALIDATION_STEPS", 0)
+        self._check_int("ROI_ALIGN_SAMPLING_RATIO", 1)
         if self.SEED is not None:
-            check_int("SEED", 0)
+            self._check_int("SEED", 0)
         for attr, meaning in (("TRAIN_BN", "None or True (train BatchNorm) or False (freeze it)"),
                               ("ROI_ALIGN_ALIGNED", "True or False"),
                               ("XLA", "True (compile the backbone, FPN and RPN head with XLA) "
                                       "or False")):
             value = getattr(self, attr)
             if not (isinstance(value, (bool, np.bool_)) or (value is None and attr == "TRAIN_BN")):
-                fail(attr, f"is {value!r}", f"Set it to {meaning}, not a string or number.")
+                self._fail(attr, f"is {value!r}", f"Set it to {meaning}, not a string or number.")
         for attr in ("RPN_NMS_THRESHOLD", "ROI_POSITIVE_RATIO", "DETECTION_MIN_CONFIDENCE",
                      "DETECTION_NMS_THRESHOLD", "LEARNING_MOMENTUM"):
-            check_fraction(attr)
+            self._check_fraction(attr)
         for attr in ("LEARNING_RATE", "WEIGHT_DECAY", "GRADIENT_CLIP_NORM", "IMAGE_MIN_SCALE"):
             value = getattr(self, attr)
             if not isinstance(value, numbers.Real) or value < 0 or (attr == "LEARNING_RATE" and value == 0):
-                fail(attr, f"is {value!r}", "Set it to a positive number.")
+                self._fail(attr, f"is {value!r}", "Set it to a positive number.")
 
+    def _validate_choices(self):
+        """OPTIMIZER, DETECTION_CLASS_MODE and MIXED_PRECISION: one of their names."""
         if self.OPTIMIZER not in OPTIMIZERS:
-            fail("OPTIMIZER", f"is {self.OPTIMIZER!r}", f"Use one of {', '.join(OPTIMIZERS)}.")
+            self._fail("OPTIMIZER", f"is {self.OPTIMIZER!r}", f"Use one of {', '.join(OPTIMIZERS)}.")
         mode = self.DETECTION_CLASS_MODE
         if not isinstance(mode, str) or mode not in DETECTION_CLASS_MODES:
-            fail("DETECTION_CLASS_MODE", f"is {mode!r}",
-                 "Use 'argmax' (matterport's: each RoI's top class) or 'per_class' "
-                 "(torchvision's: every class above DETECTION_MIN_CONFIDENCE).")
-
+            self._fail("DETECTION_CLASS_MODE", f"is {mode!r}",
+                       "Use 'argmax' (matterport's: each RoI's top class) or 'per_class' "
+                       "(torchvision's: every class above DETECTION_MIN_CONFIDENCE).")
         precision = self.MIXED_PRECISION
         if not (precision is None or isinstance(precision, str)) or precision not in PRECISIONS:
-            fail("MIXED_PRECISION", f"is {precision!r}",
-                 "Use None (no mixed precision), 'mixed_float16' or 'mixed_bfloat16'.")
+            self._fail("MIXED_PRECISION", f"is {precision!r}",
+                       "Use None (no mixed precision), 'mixed_float16' or 'mixed_bfloat16'.")
 
+    def _validate_backbone_and_anchors(self):
+        """A known or callable BACKBONE, and one anchor scale per pyramid level."""
         if isinstance(self.BACKBONE, str):
             if self.BACKBONE not in BACKBONES:
-                fail("BACKBONE", f"is {self.BACKBONE!r}, an unknown backbone",
-                     f"Use one of {', '.join(BACKBONES)}, or a callable together with "
-                     "COMPUTE_BACKBONE_SHAPE.")
+                self._fail("BACKBONE", f"is {self.BACKBONE!r}, an unknown backbone",
+                           f"Use one of {', '.join(BACKBONES)}, or a callable together with "
+                           "COMPUTE_BACKBONE_SHAPE.")
         elif callable(self.BACKBONE):
             if not callable(self.COMPUTE_BACKBONE_SHAPE):
-                fail("COMPUTE_BACKBONE_SHAPE", "is not set although BACKBONE is a callable",
-                     "Set it to a function image_shape -> [[height, width] per level].")
+                self._fail("COMPUTE_BACKBONE_SHAPE", "is not set although BACKBONE is a callable",
+                           "Set it to a function image_shape -> [[height, width] per level].")
         else:
-            fail("BACKBONE", f"is {self.BACKBONE!r}",
-                 f"Use one of {', '.join(BACKBONES)} or a callable.")
+            self._fail("BACKBONE", f"is {self.BACKBONE!r}",
+                       f"Use one of {', '.join(BACKBONES)} or a callable.")
 
         if len(self.RPN_ANCHOR_SCALES) != len(self.BACKBONE_STRIDES):
-            fail("RPN_ANCHOR_SCALES", f"has {len(self.RPN_ANCHOR_SCALES)} entries but "
-                 f"BACKBONE_STRIDES has {len(self.BACKBONE_STRIDES)}",
-                 "Give one anchor scale per pyramid level.")
+            self._fail("RPN_ANCHOR_SCALES", f"has {len(self.RPN_ANCHOR_SCALES)} entries but "
+                       f"BACKBONE_STRIDES has {len(self.BACKBONE_STRIDES)}",
+                       "Give one anchor scale per pyramid level.")
         if len(self.RPN_ANCHOR_RATIOS) == 0 or min(self.RPN_ANCHOR_RATIOS) <= 0:
-            fail("RPN_ANCHOR_RATIOS", f"is {self.RPN_ANCHOR_RATIOS!r}",
-                 "Give one or more positive width/height ratios.")
+            self._fail("RPN_ANCHOR_RATIOS", f"is {self.RPN_ANCHOR_RATIOS!r}",
+                       "Give one or more positive width/height ratios.")
 
+    def _validate_image_size(self):
+        """The resize mode, image sizes the pyramid can halve 6 times, one MEAN_PIXEL per channel."""
         if self.IMAGE_RESIZE_MODE not in RESIZE_MODES:
-            fail("IMAGE_RESIZE_MODE", f"is {self.IMAGE_RESIZE_MODE!r}",
-                 f"Use one of {', '.join(RESIZE_MODES)}.")
-        check_int("IMAGE_MAX_DIM", 64)
+            self._fail("IMAGE_RESIZE_MODE", f"is {self.IMAGE_RESIZE_MODE!r}",
+                       f"Use one of {', '.join(RESIZE_MODES)}.")
+        self._check_int("IMAGE_MAX_DIM", 64)
         if self.IMAGE_MIN_DIM is not None:
-            check_int("IMAGE_MIN_DIM", 1)
+            self._check_int("IMAGE_MIN_DIM", 1)
         if self.IMAGE_RESIZE_MODE in ("square", "none") and self.IMAGE_MAX_DIM % 64:
-            fail("IMAGE_MAX_DIM", f"is {self.IMAGE_MAX_DIM}, not a multiple of 64 "
-                 "(the image is halved 6 times through the pyramid)",
-                 f"Use {64 * max(1, round(self.IMAGE_MAX_DIM / 64))}.")
+            self._fail("IMAGE_MAX_DIM", f"is {self.IMAGE_MAX_DIM}, not a multiple of 64 "
+                       "(the image is halved 6 times through the pyramid)",
+                       f"Use {64 * max(1, round(self.IMAGE_MAX_DIM / 64))}.")
         if self.IMAGE_RESIZE_MODE in ("pad64", "crop") and (
                 not self.IMAGE_MIN_DIM or self.IMAGE_MIN_DIM % 64):
-            fail("IMAGE_MIN_DIM", f"is {self.IMAGE_MIN_DIM}, not a multiple of 64 as "
-                 f"IMAGE_RESIZE_MODE {self.IMAGE_RESIZE_MODE!r} requires",
-                 f"Use {64 * max(1, round((self.IMAGE_MIN_DIM or 0) / 64))}.")
+            self._fail("IMAGE_MIN_DIM", f"is {self.IMAGE_MIN_DIM}, not a multiple of 64 as "
+                       f"IMAGE_RESIZE_MODE {self.IMAGE_RESIZE_MODE!r} requires",
+                       f"Use {64 * max(1, round((self.IMAGE_MIN_DIM or 0) / 64))}.")
         if self.IMAGE_RESIZE_MODE == "square" and self.IMAGE_MIN_DIM and \
                 self.IMAGE_MIN_DIM > self.IMAGE_MAX_DIM:
-            fail("IMAGE_MIN_DIM", f"({self.IMAGE_MIN_DIM}) is larger than IMAGE_MAX_DIM "
-                 f"({self.IMAGE_MAX_DIM})", "Make IMAGE_MIN_DIM <= IMAGE_MAX_DIM.")
+            self._fail("IMAGE_MIN_DIM", f"({self.IMAGE_MIN_DIM}) is larger than IMAGE_MAX_DIM "
+                       f"({self.IMAGE_MAX_DIM})", "Make IMAGE_MIN_DIM <= IMAGE_MAX_DIM.")
 
         if len(np.ravel(self.MEAN_PIXEL)) != self.IMAGE_CHANNEL_COUNT:
-            fail("MEAN_PIXEL", f"has {len(np.ravel(self.MEAN_PIXEL))} values but "
-                 f"IMAGE_CHANNEL_COUNT is {self.IMAGE_CHANNEL_COUNT}",
-                 "Give one mean value per channel.")
+            self._fail("MEAN_PIXEL", f"has {len(np.ravel(self.MEAN_PIXEL))} values but "
+                       f"IMAGE_CHANNEL_COUNT is {self.IMAGE_CHANNEL_COUNT}",
+                       "Give one mean value per channel.")
 
+    def _validate_heads(self):
+        """Mask shapes, box standard deviations, loss weights and RoI sampling of the heads."""
         if len(self.MINI_MASK_SHAPE) != 2 or min(self.MINI_MASK_SHAPE) < 1:
-            fail("MINI_MASK_SHAPE", f"is {self.MINI_MASK_SHAPE!r}", "Use (height, width), e.g. (56, 56).")
+            self._fail("MINI_MASK_SHAPE", f"is {self.MINI_MASK_SHAPE!r}",
+                       "Use (height, width), e.g. (56, 56).")
         if self.USE_MINI_MASK and max(self.MINI_MASK_SHAPE) > min(self.IMAGE_SHAPE[:2]):
-            fail("MINI_MASK_SHAPE", f"{tuple(self.MINI_MASK_SHAPE)} is larger than the image "
-                 f"{tuple(int(s) for s in self.IMAGE_SHAPE[:2])}",
-                 "Use a smaller MINI_MASK_SHAPE or USE_MINI_MASK = False.")
+            self._fail("MINI_MASK_SHAPE", f"{tuple(self.MINI_MASK_SHAPE)} is larger than the image "
+                       f"{tuple(int(s) for s in self.IMAGE_SHAPE[:2])}",
+                       "Use a smaller MINI_MASK_SHAPE or USE_MINI_MASK = False.")
         if list(self.MASK_SHAPE) != [2 * self.MASK_POOL_SIZE] * 2:
-            fail("MASK_SHAPE", f"is {list(self.MASK_SHAPE)} but the mask head upsamples "
-                 f"MASK_POOL_SIZE ({self.MASK_POOL_SIZE}) once by 2",
-                 f"Use MASK_SHAPE = [{2 * self.MASK_POOL_SIZE}, {2 * self.MASK_POOL_SIZE}] "
-                 "or MASK_POOL_SIZE = MASK_SHAPE[0] // 2.")
+            self._fail("MASK_SHAPE", f"is {list(self.MASK_SHAPE)} but the mask head upsamples "
+                       f"MASK_POOL_SIZE ({self.MASK_POOL_SIZE}) once by 2",
+                       f"Use MASK_SHAPE = [{2 * self.MASK_POOL_SIZE}, {2 * self.MASK_POOL_SIZE}] "
+                       "or MASK_POOL_SIZE = MASK_SHAPE[0] // 2.")
 
         for attr in ("RPN_BBOX_STD_DEV", "BBOX_STD_DEV"):
             value = np.asarray(getattr(self, attr))
             if value.shape != (4,) or np.any(value <= 0):
-                fail(attr, f"is {getattr(self, attr)!r}", "Give four positive numbers.")
+                self._fail(attr, f"is {getattr(self, attr)!r}", "Give four positive numbers.")
 
         if set(self.LOSS_WEIGHTS) != set(LOSS_NAMES):
-            fail("LOSS_WEIGHTS", f"has keys {sorted(self.LOSS_WEIGHTS)}",
-                 f"Give exactly the keys {', '.join(LOSS_NAMES)}.")
+            self._fail("LOSS_WEIGHTS", f"has keys {sorted(self.LOSS_WEIGHTS)}",
+                       f"Give exactly the keys {', '.join(LOSS_NAMES)}.")
 
         if self.TRAIN_ROIS_PER_IMAGE * self.ROI_POSITIVE_RATIO < 1:
-            fail("TRAIN_ROIS_PER_IMAGE", f"({self.TRAIN_ROIS_PER_IMAGE}) times ROI_POSITIVE_RATIO "
-                 f"({self.ROI_POSITIVE_RATIO}) leaves no positive RoI",
-                 "Raise either so that at least one positive RoI is sampled.")
+            self._fail("TRAIN_ROIS_PER_IMAGE", f"({self.TRAIN_ROIS_PER_IMAGE}) times "
+                       f"ROI_POSITIVE_RATIO ({self.ROI_POSITIVE_RATIO}) leaves no positive RoI",
+                       "Raise either so that at least one positive RoI is sampled.")
+
+    def _validate_computed(self):
+        """BATCH_SIZE, IMAGE_SHAPE and IMAGE_META_SIZE still follow the settings they come from."""
+        sources = {"BATCH_SIZE": "GPU_COUNT * IMAGES_PER_GPU",
+                   "IMAGE_SHAPE": "IMAGE_RESIZE_MODE, IMAGE_MIN_DIM, IMAGE_MAX_DIM and "
+                                  "IMAGE_CHANNEL_COUNT",
+                   "IMAGE_META_SIZE": "12 + NUM_CLASSES"}
+        for attr, expected in self.computed_settings().items():
+            value = getattr(self, attr, None)
+            if value is None or not np.array_equal(np.asarray(value), expected):
+                self._fail(attr, f"is {value!r} but {sources[attr]} give {expected!r}: those "
+                           "settings changed after the config was created",
+                           f"Set {attr} = {expected!r} too, or set the settings in a Config "
+                           "subclass before creating it.")

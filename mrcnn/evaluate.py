@@ -39,8 +39,8 @@ from pycocotools.cocoeval import COCOeval
 from tqdm import tqdm
 
 from mrcnn import utils
-from mrcnn.model import MaskRCNN
-from mrcnn.weights import _model_layers
+from mrcnn.model import inference_config, inference_model  # noqa: F401 (inference_config: re-exported)
+from mrcnn.weights import copy_weights_by_name
 
 # COCOeval.stats, in its order: AP at IoU .5:.95, .5, .75, for small, medium,
 # large objects; AR with 1, 10, 100 detections per image, small, medium, large.
@@ -337,16 +337,6 @@ def format_metrics(metrics):
 #  With a model
 ############################################################
 
-def inference_config(config, images_per_batch=1):
-    """A copy of `config` for detection: GPU_COUNT 1, `images_per_batch` images per detect() call."""
-    config = copy.copy(config)
-    config.GPU_COUNT = 1
-    config.IMAGES_PER_GPU = images_per_batch
-    config.BATCH_SIZE = images_per_batch
-    config.validate()
-    return config
-
-
 def detect_dataset(model, dataset, image_ids=None, verbose=1):
     """`model.detect` over the dataset's images, BATCH_SIZE at a time; one result dict per image.
 
@@ -384,8 +374,8 @@ class EvaluationCallback(keras.callbacks.Callback):
 
     model: the training `MaskRCNN`; dataset: a prepared validation dataset,
     of which the first `limit` images are scored. An inference copy of the
-    model is built once; before each evaluation it gets the training weights
-    by layer name. Adds val_bbox_AP, val_bbox_AP50, val_segm_AP,
+    model is built once (`model.inference_model`); before each evaluation it
+    gets the training weights by layer name. Adds val_bbox_AP, val_bbox_AP50, val_segm_AP,
     val_segm_AP50 and val_mAP50 to the epoch's logs (so the progress line and
     the History show them) and writes them to TensorBoard under
     `<model.log_dir>/evaluation`.
@@ -414,10 +404,9 @@ class EvaluationCallback(keras.callbacks.Callback):
         if (epoch + 1) % self.every:
             return
         if self._detector is None:
-            self._detector = MaskRCNN("inference", inference_config(self.maskrcnn.config,
-                                                                     self.images_per_batch),
-                                      self.maskrcnn.model_dir)
-        _copy_weights(self.maskrcnn.keras_model, self._detector.keras_model)
+            self._detector = inference_model(self.maskrcnn, images_per_batch=self.images_per_batch)
+        else:
+            copy_weights_by_name(self.maskrcnn.keras_model, self._detector.keras_model)
         detections = detect_dataset(self._detector, self.dataset, self.image_ids, verbose=self.verbose)
         metrics = score_detections(self.dataset, detections, self.image_ids)
         values = {f"val_{iou_type}_{name}": metrics[iou_type][name] for iou_type, name in self.LOGGED}
@@ -431,11 +420,3 @@ class EvaluationCallback(keras.callbacks.Callback):
                 tf.summary.scalar(f"epoch_{key[4:]}", value, step=epoch)
         self._writer.flush()
 
-
-def _copy_weights(source, target):
-    """Assign `target`'s layers the weights of `source`'s layers of the same name (nested models too)."""
-    source_layers, _ = _model_layers(source)
-    for name, (layer, _) in _model_layers(target)[0].items():
-        if name in source_layers:
-            for variable, value in zip(layer.weights, source_layers[name][0].weights):
-                variable.assign(value)

@@ -41,7 +41,7 @@ import numpy as np
 
 from mrcnn import files
 from mrcnn.backbone import resnet_graph
-from mrcnn.weights import _Keras2File, save_weights_by_name
+from mrcnn.weights import Keras2File, save_weights_by_name
 
 RESNET50_IMAGENET_URL = ("https://github.com/fchollet/deep-learning-models/releases/download/v0.2/"
                          "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5")
@@ -85,7 +85,7 @@ def convert_keras_applications_resnet(source, target, architecture="resnet101"):
     model = backbone_model(architecture)
     layers = {layer.name: layer for layer in model.layers if layer.weights}
     unused, done = [], set()
-    with _Keras2File(source) as f:
+    with Keras2File(source) as f:
         for name, file_weights in f.groups():
             if not file_weights:
                 continue

@@ -37,7 +37,7 @@ from mrcnn.base_layers import GraphLayer
 from mrcnn.geometry import norm_boxes_graph
 from mrcnn.roi_heads import (DetectionBoxes, DetectionClassIds, DetectionLayer,
                              DetectionTargetLayer, LeadingRows,
-                             MrcnnBboxLoss, MrcnnClassLoss, MrcnnMaskLoss,
+                             MrcnnBboxLoss, MrcnnClassLoss, MrcnnMaskLoss, PyramidROIAlign,
                              build_fpn_mask_graph, fpn_classifier_graph)
 from mrcnn.rpn import AnchorsLayer, ProposalLayer, RpnBboxLoss, RpnClassLoss, build_rpn_model
 
@@ -106,6 +106,21 @@ def _rpn(rpn_feature_maps, config):
             for outputs, name in zip(zip(*per_level), ("rpn_class_logits", "rpn_class", "rpn_bbox"))]
 
 
+def _classifier_head(rois, mrcnn_feature_maps, input_image_meta, config):
+    """fpn_classifier_graph with the config's settings: mrcnn_class_logits, mrcnn_class, mrcnn_bbox."""
+    return fpn_classifier_graph(rois, mrcnn_feature_maps, input_image_meta, config.POOL_SIZE,
+                                config.NUM_CLASSES, train_bn=config.TRAIN_BN,
+                                fc_layers_size=config.FPN_CLASSIF_FC_LAYERS_SIZE,
+                                **PyramidROIAlign.config_arguments(config))
+
+
+def _mask_head(rois, mrcnn_feature_maps, input_image_meta, row_ids, config):
+    """build_fpn_mask_graph with the config's settings, on the rows of `row_ids` > 0."""
+    return build_fpn_mask_graph(rois, mrcnn_feature_maps, input_image_meta, config.MASK_POOL_SIZE,
+                                config.NUM_CLASSES, train_bn=config.TRAIN_BN, row_ids=row_ids,
+                                **PyramidROIAlign.config_arguments(config))
+
+
 def _image_inputs(config):
     return (keras.Input(shape=[None, None, config.IMAGE_SHAPE[2]], name="input_image"),
             keras.Input(shape=[config.IMAGE_META_SIZE], name="input_image_meta"))
@@ -123,8 +138,10 @@ def build_training_model(config):
     first int(TRAIN_ROIS_PER_IMAGE * ROI_POSITIVE_RATIO) RoIs of each image,
     where all positives are, and is computed for the positives only (0 in
     the other rows): the mask loss uses nothing else.
+
+    `config` must be valid: `MaskRCNN` validates it once; after changing
+    attributes of an instance, call `config.validate()` before building.
     """
-    config.validate()
     with _dtype_policy_scope(config.MIXED_PRECISION):
         return _training_model(config)
 
@@ -146,9 +163,8 @@ def _training_model(config):
                            config.BACKBONE_STRIDES, config.RPN_ANCHOR_STRIDE,
                            config.IMAGE_SHAPE, name="anchors")(input_image)
     rpn_class_logits, rpn_class, rpn_bbox = _rpn(rpn_feature_maps, config)
-    rpn_rois = ProposalLayer(proposal_count=config.POST_NMS_ROIS_TRAINING,
-                             nms_threshold=config.RPN_NMS_THRESHOLD, config=config,
-                             name="ROI")([rpn_class, rpn_bbox, anchors])
+    rpn_rois = ProposalLayer.from_model_config(config, proposal_count=config.POST_NMS_ROIS_TRAINING,
+                                               name="ROI")([rpn_class, rpn_bbox, anchors])
 
     inputs = [input_image, input_image_meta, input_rpn_match, input_rpn_bbox,
               input_gt_class_ids, input_gt_boxes, input_gt_masks]
@@ -160,20 +176,13 @@ def _training_model(config):
         inputs.append(input_rois)
         target_rois = NormBoxes(name="norm_input_roi")([input_rois, input_image])
 
-    rois, target_class_ids, target_bbox, target_mask = DetectionTargetLayer(
+    rois, target_class_ids, target_bbox, target_mask = DetectionTargetLayer.from_model_config(
         config, name="proposal_targets")([target_rois, input_gt_class_ids, gt_boxes, input_gt_masks])
-    mrcnn_class_logits, mrcnn_class, mrcnn_bbox = fpn_classifier_graph(
-        rois, mrcnn_feature_maps, input_image_meta, config.POOL_SIZE, config.NUM_CLASSES,
-        train_bn=config.TRAIN_BN, fc_layers_size=config.FPN_CLASSIF_FC_LAYERS_SIZE,
-        aligned=config.ROI_ALIGN_ALIGNED, sampling_ratio=config.ROI_ALIGN_SAMPLING_RATIO)
-    positive_rows = int(config.TRAIN_ROIS_PER_IMAGE * config.ROI_POSITIVE_RATIO)  # validated >= 1
-    mask_rois, mask_class_ids, target_mask = LeadingRows(positive_rows, name="positive_rows")(
-        [rois, target_class_ids, target_mask])
-    mrcnn_mask = build_fpn_mask_graph(mask_rois, mrcnn_feature_maps, input_image_meta,
-                                      config.MASK_POOL_SIZE, config.NUM_CLASSES,
-                                      train_bn=config.TRAIN_BN, aligned=config.ROI_ALIGN_ALIGNED,
-                                      sampling_ratio=config.ROI_ALIGN_SAMPLING_RATIO,
-                                      row_ids=mask_class_ids)
+    mrcnn_class_logits, mrcnn_class, mrcnn_bbox = _classifier_head(
+        rois, mrcnn_feature_maps, input_image_meta, config)
+    mask_rois, mask_class_ids, target_mask = LeadingRows.from_model_config(
+        config, name="positive_rows")([rois, target_class_ids, target_mask])
+    mrcnn_mask = _mask_head(mask_rois, mrcnn_feature_maps, input_image_meta, mask_class_ids, config)
     output_rois = keras.layers.Identity(name="output_rois", dtype="float32")(rois)
 
     losses = [
@@ -198,8 +207,9 @@ def build_inference_model(config):
     DETECTION_MAX_INSTANCES, (y1, x1, y2, x2, class_id, score)] (normalised),
     mrcnn_class, mrcnn_bbox, mrcnn_mask (computed for the detections only,
     0 in the padding rows), rpn_rois, rpn_class, rpn_bbox.
+
+    `config` must be valid, as for `build_training_model`.
     """
-    config.validate()
     with _dtype_policy_scope(config.MIXED_PRECISION):
         return _inference_model(config)
 
@@ -210,22 +220,15 @@ def _inference_model(config):
 
     rpn_feature_maps, mrcnn_feature_maps = _feature_pyramid(input_image, config)
     _, rpn_class, rpn_bbox = _rpn(rpn_feature_maps, config)
-    rpn_rois = ProposalLayer(proposal_count=config.POST_NMS_ROIS_INFERENCE,
-                             nms_threshold=config.RPN_NMS_THRESHOLD, config=config,
-                             name="ROI")([rpn_class, rpn_bbox, input_anchors])
-    _, mrcnn_class, mrcnn_bbox = fpn_classifier_graph(
-        rpn_rois, mrcnn_feature_maps, input_image_meta, config.POOL_SIZE, config.NUM_CLASSES,
-        train_bn=config.TRAIN_BN, fc_layers_size=config.FPN_CLASSIF_FC_LAYERS_SIZE,
-        aligned=config.ROI_ALIGN_ALIGNED, sampling_ratio=config.ROI_ALIGN_SAMPLING_RATIO)
-    detections = DetectionLayer(config, name="mrcnn_detection")(
+    rpn_rois = ProposalLayer.from_model_config(config, proposal_count=config.POST_NMS_ROIS_INFERENCE,
+                                               name="ROI")([rpn_class, rpn_bbox, input_anchors])
+    _, mrcnn_class, mrcnn_bbox = _classifier_head(rpn_rois, mrcnn_feature_maps, input_image_meta,
+                                                  config)
+    detections = DetectionLayer.from_model_config(config, name="mrcnn_detection")(
         [rpn_rois, mrcnn_class, mrcnn_bbox, input_image_meta])
     detection_boxes = DetectionBoxes(name="detection_boxes")(detections)
-    mrcnn_mask = build_fpn_mask_graph(detection_boxes, mrcnn_feature_maps, input_image_meta,
-                                      config.MASK_POOL_SIZE, config.NUM_CLASSES,
-                                      train_bn=config.TRAIN_BN, aligned=config.ROI_ALIGN_ALIGNED,
-                                      sampling_ratio=config.ROI_ALIGN_SAMPLING_RATIO,
-                                      row_ids=DetectionClassIds(name="detection_class_ids")(
-                                          detections))
+    mrcnn_mask = _mask_head(detection_boxes, mrcnn_feature_maps, input_image_meta,
+                            DetectionClassIds(name="detection_class_ids")(detections), config)
     return keras.Model([input_image, input_image_meta, input_anchors],
                        [detections, mrcnn_class, mrcnn_bbox, mrcnn_mask, rpn_rois, rpn_class,
                         rpn_bbox], name="mask_rcnn")

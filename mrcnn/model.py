@@ -9,6 +9,7 @@ roi_heads.py (targets, RoIAlign, heads, detections, head losses), graph.py
 weights.py (HDF5 weight files by layer name).
 """
 
+import copy
 import datetime
 import logging
 import os
@@ -35,7 +36,7 @@ from mrcnn.roi_heads import (  # noqa: F401
 from mrcnn.rpn import (  # noqa: F401
     ProposalLayer, build_rpn_model, rpn_bbox_loss_graph, rpn_class_loss_graph)
 from mrcnn.targets import build_detection_targets, build_rpn_targets, generate_random_rois  # noqa: F401
-from mrcnn.weights import keras2_layout, load_weights_by_name, save_weights_by_name
+from mrcnn.weights import copy_weights_by_name, keras2_layout, load_weights_by_name, save_weights_by_name
 from mrcnn.xla import XlaSplit
 
 # train(layers=...) presets: regular expressions over layer names.
@@ -231,14 +232,13 @@ class MaskRCNN:
         frontier = [tensor]
         while frontier:
             t = frontier.pop(0)
-            layer = t._keras_history.operation
+            layer, inputs = _producer(t)
             if id(layer) in checked:
                 continue
             checked.add(id(layer))
             if t is not tensor and re.fullmatch(name, layer.name):
                 return t
-            for node in layer._inbound_nodes:
-                frontier.extend(node.input_tensors)
+            frontier.extend(inputs)
         return None
 
     def find_trainable_layer(self, layer):
@@ -505,6 +505,55 @@ class MaskRCNN:
         """Write a SavedModel that takes one image (uint8 [H, W, 3], or encoded bytes) and returns
         detect()'s rois, class_ids, scores and masks, molding and unmolding in the graph; see mrcnn.export."""
         return export_saved_model(self, path, overwrite=overwrite)
+
+
+def _producer(tensor):
+    """The layer that produced a symbolic tensor, and the input tensors of all its calls.
+
+    Keras 3 has no public API from a KerasTensor to the operation that made it
+    (keras.Function and Model list operations, not their edges), so this one
+    helper reads the private `_keras_history` and `_inbound_nodes`."""
+    layer = tensor._keras_history.operation
+    return layer, [t for node in layer._inbound_nodes for t in node.input_tensors]
+
+
+def inference_config(config, images_per_batch=1):
+    """A copy of `config` for detection: GPU_COUNT 1, `images_per_batch` images per detect() call."""
+    config = copy.copy(config)
+    config.GPU_COUNT = 1
+    config.IMAGES_PER_GPU = images_per_batch
+    config.BATCH_SIZE = images_per_batch
+    config.validate()
+    return config
+
+
+def inference_model(source, weights=None, images_per_batch=1, model_dir=None, verbose=0):
+    """An inference `MaskRCNN` detecting `images_per_batch` images per detect() call.
+
+    source: a `MaskRCNN` (e.g. the one being trained) or a `Config`; its
+        config is copied by `inference_config`.
+    weights: a weights file to load by layer name; "last", the newest
+        checkpoint of the config under model_dir; or None: for a MaskRCNN
+        source its weights, copied by layer name in memory
+        (`weights.copy_weights_by_name`; copy again after more training),
+        for a Config none (the initial weights).
+    model_dir: the run folder of the new model (default: the source model's,
+        or "logs").
+    """
+    model = source if isinstance(source, MaskRCNN) else None
+    config = model.config if model is not None else source
+    if model_dir is None:
+        model_dir = model.model_dir if model is not None else "logs"
+    detector = MaskRCNN("inference", inference_config(config, images_per_batch), model_dir)
+    if weights == "last":
+        weights = detector.find_last()
+    if weights is not None:
+        if verbose:
+            print(f"Loading weights {weights}", flush=True)
+        detector.load_weights(weights, by_name=True, verbose=verbose)
+    elif model is not None:
+        copy_weights_by_name(model.keras_model, detector.keras_model)
+    return detector
 
 
 def make_optimizer(config, learning_rate, momentum):

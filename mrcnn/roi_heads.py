@@ -1,12 +1,13 @@
 """Second stage: RoI sampling, RoIAlign, classifier/box and mask heads,
 detection post-processing, and the head losses."""
 
+from typing import ClassVar
+
 import keras
 import tensorflow as tf
 
-from mrcnn.base_layers import BatchNorm, bn_training, is_symbolic
+from mrcnn.base_layers import BatchNorm, GraphLayer, LossLayer, bn_training, is_symbolic
 from mrcnn.config import DETECTION_CLASS_MODES
-from mrcnn.base_layers import GraphLayer, LossLayer, setting
 from mrcnn.geometry import apply_box_deltas_graph, box_refinement_graph, clip_boxes_graph, norm_boxes_graph, overlaps_graph
 from mrcnn.image_meta import parse_image_meta_graph
 from mrcnn.tf_ops import mean_or_zero, ranked_nms, smooth_l1_loss
@@ -41,6 +42,11 @@ class PyramidROIAlign(GraphLayer):
     then the feature maps P2..P5 [batch, height, width, channels].
     Output: [batch, num_boxes, pool_height, pool_width, channels].
     """
+
+    CONFIG_ATTRIBUTES: ClassVar[dict] = {
+        "aligned": "ROI_ALIGN_ALIGNED",
+        "sampling_ratio": "ROI_ALIGN_SAMPLING_RATIO",
+    }
 
     def __init__(self, pool_shape, aligned=False, sampling_ratio=1, **kwargs):
         super().__init__(**kwargs)
@@ -279,19 +285,33 @@ class DetectionTargetLayer(GraphLayer):
     all constants for the gradient.
     """
 
+    CONFIG_ATTRIBUTES: ClassVar[dict] = {
+        "train_rois_per_image": "TRAIN_ROIS_PER_IMAGE",
+        "roi_positive_ratio": "ROI_POSITIVE_RATIO",
+        "bbox_std_dev": "BBOX_STD_DEV",
+        "use_mini_mask": "USE_MINI_MASK",
+        "mask_shape": "MASK_SHAPE",
+        "roi_align_aligned": "ROI_ALIGN_ALIGNED",
+        "roi_align_sampling_ratio": "ROI_ALIGN_SAMPLING_RATIO",
+    }
+    SETTING_DEFAULTS: ClassVar[dict] = {"roi_align_aligned": False, "roi_align_sampling_ratio": 1}
+
     def __init__(self, config=None, train_rois_per_image=None, roi_positive_ratio=None,
                  bbox_std_dev=None, use_mini_mask=None, mask_shape=None, roi_align_aligned=None,
                  roi_align_sampling_ratio=None, **kwargs):
         super().__init__(**kwargs)
-        self.train_rois_per_image = int(setting(train_rois_per_image, config,
-                                                "TRAIN_ROIS_PER_IMAGE"))
-        self.roi_positive_ratio = float(setting(roi_positive_ratio, config, "ROI_POSITIVE_RATIO"))
-        self.bbox_std_dev = [float(v) for v in setting(bbox_std_dev, config, "BBOX_STD_DEV")]
-        self.use_mini_mask = bool(setting(use_mini_mask, config, "USE_MINI_MASK"))
-        self.mask_shape = [int(v) for v in setting(mask_shape, config, "MASK_SHAPE")]
-        self.roi_align_aligned = bool(setting(roi_align_aligned, config, "ROI_ALIGN_ALIGNED", False))
-        self.roi_align_sampling_ratio = int(setting(roi_align_sampling_ratio, config,
-                                                    "ROI_ALIGN_SAMPLING_RATIO", 1))
+        values = self.settings(config, train_rois_per_image=train_rois_per_image,
+                               roi_positive_ratio=roi_positive_ratio, bbox_std_dev=bbox_std_dev,
+                               use_mini_mask=use_mini_mask, mask_shape=mask_shape,
+                               roi_align_aligned=roi_align_aligned,
+                               roi_align_sampling_ratio=roi_align_sampling_ratio)
+        self.train_rois_per_image = int(values["train_rois_per_image"])
+        self.roi_positive_ratio = float(values["roi_positive_ratio"])
+        self.bbox_std_dev = [float(v) for v in values["bbox_std_dev"]]
+        self.use_mini_mask = bool(values["use_mini_mask"])
+        self.mask_shape = [int(v) for v in values["mask_shape"]]
+        self.roi_align_aligned = bool(values["roi_align_aligned"])
+        self.roi_align_sampling_ratio = int(values["roi_align_sampling_ratio"])
 
     def call(self, inputs):
         proposals, gt_class_ids, gt_boxes, gt_masks = inputs
@@ -441,19 +461,30 @@ class DetectionLayer(GraphLayer):
     in normalised coordinates, by descending score, zero padded.
     """
 
+    CONFIG_ATTRIBUTES: ClassVar[dict] = {
+        "bbox_std_dev": "BBOX_STD_DEV",
+        "detection_min_confidence": "DETECTION_MIN_CONFIDENCE",
+        "detection_max_instances": "DETECTION_MAX_INSTANCES",
+        "detection_nms_threshold": "DETECTION_NMS_THRESHOLD",
+        "detection_class_mode": "DETECTION_CLASS_MODE",
+    }
+    # Built from values alone (or saved before the setting): matterport's "argmax".
+    SETTING_DEFAULTS: ClassVar[dict] = {"detection_class_mode": "argmax"}
+
     def __init__(self, config=None, bbox_std_dev=None, detection_min_confidence=None,
                  detection_max_instances=None, detection_nms_threshold=None,
                  detection_class_mode=None, **kwargs):
         super().__init__(**kwargs)
-        self.bbox_std_dev = [float(v) for v in setting(bbox_std_dev, config, "BBOX_STD_DEV")]
-        self.detection_min_confidence = float(setting(
-            detection_min_confidence, config, "DETECTION_MIN_CONFIDENCE"))
-        self.detection_max_instances = int(setting(
-            detection_max_instances, config, "DETECTION_MAX_INSTANCES"))
-        self.detection_nms_threshold = float(setting(
-            detection_nms_threshold, config, "DETECTION_NMS_THRESHOLD"))
-        # Built from values alone (or saved before the setting): matterport's "argmax".
-        mode = setting(detection_class_mode, config, "DETECTION_CLASS_MODE", "argmax")
+        values = self.settings(config, bbox_std_dev=bbox_std_dev,
+                               detection_min_confidence=detection_min_confidence,
+                               detection_max_instances=detection_max_instances,
+                               detection_nms_threshold=detection_nms_threshold,
+                               detection_class_mode=detection_class_mode)
+        self.bbox_std_dev = [float(v) for v in values["bbox_std_dev"]]
+        self.detection_min_confidence = float(values["detection_min_confidence"])
+        self.detection_max_instances = int(values["detection_max_instances"])
+        self.detection_nms_threshold = float(values["detection_nms_threshold"])
+        mode = values["detection_class_mode"]
         if not isinstance(mode, str) or mode not in DETECTION_CLASS_MODES:
             raise ValueError(f"detection_class_mode is {mode!r}; use 'argmax' (matterport's: each "
                              "RoI's top class) or 'per_class' (a candidate per RoI and class).")
@@ -555,6 +586,11 @@ class LeadingRows(GraphLayer):
     loss take the first int(TRAIN_ROIS_PER_IMAGE * ROI_POSITIVE_RATIO) rows
     of DetectionTargetLayer's outputs, where all the positives are: RoIAlign
     for the mask head then pools those rows only."""
+
+    @classmethod
+    def config_arguments(cls, config):
+        """count: the most positives DetectionTargetLayer samples (Config.validate makes it >= 1)."""
+        return {"count": int(config.TRAIN_ROIS_PER_IMAGE * config.ROI_POSITIVE_RATIO)}
 
     def __init__(self, count, **kwargs):
         super().__init__(**kwargs)

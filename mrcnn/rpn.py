@@ -1,11 +1,12 @@
 """Region proposal network: the shared RPN head, proposals, and RPN losses."""
 
 import functools
+from typing import ClassVar
 
 import keras
 import tensorflow as tf
 
-from mrcnn.base_layers import GraphLayer, LossLayer, setting
+from mrcnn.base_layers import GraphLayer, LossLayer
 from mrcnn.geometry import anchor_params, apply_box_deltas_graph, clip_boxes_graph, normalized_anchors
 from mrcnn.tf_ops import batch_pack_graph, mean_or_zero, ranked_nms, smooth_l1_loss
 
@@ -61,20 +62,28 @@ class ProposalLayer(GraphLayer):
     the box and mask targets still reached the RPN through the proposals.
 
     `config` (matterport's argument) supplies PRE_NMS_LIMIT and
-    RPN_BBOX_STD_DEV unless they are given; `get_config` stores the values.
+    RPN_BBOX_STD_DEV unless they are given (`GraphLayer.settings`);
+    `from_model_config(config, proposal_count=...)` takes RPN_NMS_THRESHOLD
+    too. `get_config` stores the values.
     """
+
+    CONFIG_ATTRIBUTES: ClassVar[dict] = {
+        "nms_threshold": "RPN_NMS_THRESHOLD",
+        "pre_nms_limit": "PRE_NMS_LIMIT",
+        "rpn_bbox_std_dev": "RPN_BBOX_STD_DEV",
+    }
 
     def __init__(self, proposal_count, nms_threshold, config=None, pre_nms_limit=None,
                  rpn_bbox_std_dev=None, **kwargs):
         super().__init__(**kwargs)
+        values = self.settings(config, nms_threshold=nms_threshold, pre_nms_limit=pre_nms_limit,
+                               rpn_bbox_std_dev=rpn_bbox_std_dev)
         self.proposal_count = int(proposal_count)
-        self.nms_threshold = float(nms_threshold)
-        self.pre_nms_limit = int(setting(pre_nms_limit, config, "PRE_NMS_LIMIT"))
-        self.rpn_bbox_std_dev = [float(v) for v in
-                                 setting(rpn_bbox_std_dev, config, "RPN_BBOX_STD_DEV")]
+        self.nms_threshold = float(values["nms_threshold"])
+        self.pre_nms_limit = int(values["pre_nms_limit"])
+        self.rpn_bbox_std_dev = [float(v) for v in values["rpn_bbox_std_dev"]]
 
     def call(self, inputs):
-
         rpn_probs, rpn_bbox, anchors = (tf.cast(t, tf.float32) for t in inputs)
         scores = rpn_probs[:, :, 1]
         deltas = rpn_bbox * tf.constant(self.rpn_bbox_std_dev, tf.float32)

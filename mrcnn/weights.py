@@ -97,7 +97,7 @@ def _read_names(group, key):
     return [v.decode("utf8") if isinstance(v, bytes) else str(v) for v in values]
 
 
-class _Keras2File:
+class Keras2File:
     """An open Keras-2-layout file; every failure to read it is a clear ValueError."""
 
     def __init__(self, filepath):
@@ -177,13 +177,13 @@ def keras2_layout(filepath):
     Layers without weights are included with an empty list. Raises the same
     clear errors as `load_weights_by_name` for missing or unreadable files.
     """
-    with _Keras2File(filepath) as f:
+    with Keras2File(filepath) as f:
         return [(layer, [(w, tuple(ds.shape)) for w, ds in weights]) for layer, weights in f.groups()]
 
 
 # --------------------------------------------------------------------------- model side
 
-def _model_layers(model):
+def model_layers(model):
     """Weight-carrying layers by name, descending into nested models.
 
     Returns ({name: (layer, ancestors)}, {nested model name: model}); a layer
@@ -341,21 +341,10 @@ def load_weights_by_name(model, filepath, exclude=None, verbose=0):
     listed in the report's `adapted`. Returns a `LoadReport`.
     """
     exclude_names = _expand_exclude(exclude)
-    leaves, nested = _model_layers(model)
-    with _Keras2File(filepath) as f:
+    leaves, nested = model_layers(model)
+    with Keras2File(filepath) as f:
         path = f.path
-        entries = []          # (file layer name, containing group, [(weight_name, dataset)])
-        for group_name, file_weights in f.groups():
-            if not file_weights:
-                continue
-            if group_name in nested:
-                entries.extend((leaf, group_name, ws)
-                               for leaf, ws in _split_nested(group_name, file_weights, leaves))
-            else:
-                entries.append((group_name, None, file_weights))
-        if not entries:
-            raise ValueError(f"{path!r} is a Keras-2-layout file but holds no weights.")
-
+        entries = _file_entries(f, leaves, nested)
         excluded = set(exclude_names)
         known = _all_layer_names(model) | {name for e in entries for name in e[:2]}
         unknown = [n for n in exclude_names if n not in known]
@@ -378,27 +367,10 @@ def load_weights_by_name(model, filepath, exclude=None, verbose=0):
                 f"{not_in_model[:5]}, the model {list(leaves)[:5]}. Is it a weights file for "
                 f"this network (Keras applications' newer ResNet files use other names)?")
 
-        mismatches, assignments, adapted = [], [], []
         image_channels = _image_channels(model)
-        for leaf, _, file_weights in matched:
-            variables = leaves[leaf][0].weights
-            if len(file_weights) != len(variables):
-                mismatches.append((leaf, f"the file has {len(file_weights)} weights "
-                                   f"{[tuple(ds.shape) for _, ds in file_weights]}, the model layer "
-                                   f"{len(variables)} {[tuple(v.shape) for v in variables]}"))
-                continue
-            pairs = _pair(file_weights, variables)
-            bad = [f"{w}: file {tuple(ds.shape)} vs model {tuple(v.shape)}"
-                   for (w, ds), v in pairs if tuple(ds.shape) != tuple(v.shape)
-                   and not _adaptable(ds.shape, v.shape, image_channels)]
-            if not bad and any(tuple(ds.shape) != tuple(v.shape) for (_, ds), v in pairs):
-                adapted.append(leaf)
-            if bad:
-                mismatches.append((leaf, "; ".join(bad)))
-            assignments.extend(pairs)
+        assignments, adapted, mismatches = _pair_layers(matched, leaves, image_channels)
         if mismatches:
             raise ValueError(_mismatch_message(path, mismatches, exclude_names))
-
         values = [(v, f.read(ds)) for (_, ds), v in assignments]
     for variable, value in values:
         if value.shape != tuple(variable.shape):
@@ -412,16 +384,63 @@ def load_weights_by_name(model, filepath, exclude=None, verbose=0):
         logger.info("%s: adapted %s's RGB kernel to %s image channels (adapt_input_kernel)",
                     path, name, image_channels)
     if verbose:
-        print(f"Loaded {len(loaded)} layers from {path}")
-        if adapted:
-            print(f"  Adapted from RGB to {image_channels} image channels: {', '.join(adapted)}")
-        for label, names in (("Excluded", skipped), ("In the file, not in the model", not_in_model),
-                             ("Not set by the file", missing)):
-            if names:
-                print(f"  {label} ({len(names)}): {', '.join(names)}")
-        if verbose > 1:
-            print(f"  Loaded: {', '.join(loaded)}")
+        _print_report(report, image_channels, verbose)
     return report
+
+
+def _file_entries(f, leaves, nested):
+    """The file's layers with weights as (layer name, containing file group or None,
+    [(weight_name, dataset)]); a nested model's group (rpn_model) split into its layers."""
+    entries = []
+    for group_name, file_weights in f.groups():
+        if not file_weights:
+            continue
+        if group_name in nested:
+            entries.extend((leaf, group_name, ws)
+                           for leaf, ws in _split_nested(group_name, file_weights, leaves))
+        else:
+            entries.append((group_name, None, file_weights))
+    if not entries:
+        raise ValueError(f"{f.path!r} is a Keras-2-layout file but holds no weights.")
+    return entries
+
+
+def _pair_layers(matched, leaves, image_channels):
+    """The file entries `matched` to model layers, paired weight by weight:
+    (assignments [((weight_name, dataset), variable)], adapted layer names,
+    mismatches [(layer name, what differs)])."""
+    assignments, adapted, mismatches = [], [], []
+    for leaf, _, file_weights in matched:
+        variables = leaves[leaf][0].weights
+        if len(file_weights) != len(variables):
+            mismatches.append((leaf, f"the file has {len(file_weights)} weights "
+                               f"{[tuple(ds.shape) for _, ds in file_weights]}, the model layer "
+                               f"{len(variables)} {[tuple(v.shape) for v in variables]}"))
+            continue
+        pairs = _pair(file_weights, variables)
+        bad = [f"{w}: file {tuple(ds.shape)} vs model {tuple(v.shape)}"
+               for (w, ds), v in pairs if tuple(ds.shape) != tuple(v.shape)
+               and not _adaptable(ds.shape, v.shape, image_channels)]
+        if not bad and any(tuple(ds.shape) != tuple(v.shape) for (_, ds), v in pairs):
+            adapted.append(leaf)
+        if bad:
+            mismatches.append((leaf, "; ".join(bad)))
+        assignments.extend(pairs)
+    return assignments, adapted, mismatches
+
+
+def _print_report(report, image_channels, verbose):
+    """What `load_weights_by_name` did, for verbose >= 1 (and every loaded layer for > 1)."""
+    print(f"Loaded {len(report.loaded)} layers from {report.filepath}")
+    if report.adapted:
+        print(f"  Adapted from RGB to {image_channels} image channels: {', '.join(report.adapted)}")
+    for label, names in (("Excluded", report.excluded),
+                         ("In the file, not in the model", report.not_in_model),
+                         ("Not set by the file", report.missing_from_file)):
+        if names:
+            print(f"  {label} ({len(names)}): {', '.join(names)}")
+    if verbose > 1:
+        print(f"  Loaded: {', '.join(report.loaded)}")
 
 
 def _mismatch_message(path, mismatches, exclude_names):
@@ -433,6 +452,20 @@ def _mismatch_message(path, mismatches, exclude_names):
     if set(names) <= set(EXCLUDE_PRESETS["heads_for_new_classes"]):
         lines.append('(For a different NUM_CLASSES, exclude="heads_for_new_classes" covers these layers.)')
     return "\n".join(lines)
+
+
+def copy_weights_by_name(source, target):
+    """Assign `target`'s layers the weights of `source`'s layers of the same name (nested
+    models too), in memory: e.g. a training model's into its inference twin. Returns the
+    names of the layers copied."""
+    source_layers, _ = model_layers(source)
+    copied = []
+    for name, (layer, _) in model_layers(target)[0].items():
+        if name in source_layers:
+            for variable, value in zip(layer.weights, source_layers[name][0].weights):
+                variable.assign(value)
+            copied.append(name)
+    return copied
 
 
 # --------------------------------------------------------------------------- saving
@@ -454,7 +487,7 @@ def _write_names(group, key, names):
 def _layer_weights(layer):
     """[(weight name as matterport writes it, variable)] for one top-level layer."""
     if isinstance(layer, keras.Model):
-        leaves, _ = _model_layers(layer)
+        leaves, _ = model_layers(layer)
         units = [(name, leaf) for name, (leaf, _) in leaves.items()]
     else:
         units = [(layer.name, layer)]

@@ -104,9 +104,12 @@ def test_config_overrides():
             cli.parse_overrides([item], Config)
     class Args:
         config_class, config = None, ["IMAGE_MAX_DIM=256", "IMAGE_MIN_DIM=256"]
-    config = cli.make_config(Args, num_classes=5, images_per_batch=3)
-    assert config.NAME == "mrcnn" and config.NUM_CLASSES == 5 and config.BATCH_SIZE == 3
+    config = cli.make_config(Args, num_classes=5)
+    assert config.NAME == "mrcnn" and config.NUM_CLASSES == 5 and config.BATCH_SIZE == 2
     assert config.IMAGE_SHAPE.tolist() == [256, 256, 3]
+    assert cli.config_settings(Args) is cli.config_settings(Args)     # parsed once per command line
+    from mrcnn import model as modellib
+    assert modellib.inference_config(config, 3).BATCH_SIZE == 3        # what --batch 3 gives
 
 
 def test_errors_are_one_line_without_traceback(tmp_path, capsys):

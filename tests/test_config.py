@@ -122,3 +122,23 @@ def test_instance_changes_are_checked_by_validate():
     c.NUM_CLASSES = 0
     with pytest.raises(ValueError, match="NUM_CLASSES"):
         c.validate()
+
+
+def test_computed_settings_left_stale_by_instance_changes_are_named():
+    c = Config()
+    c.IMAGES_PER_GPU = 1
+    with pytest.raises(ValueError, match=r"Config.BATCH_SIZE is 2 but GPU_COUNT \* IMAGES_PER_GPU "
+                                         r"give 1.*Set BATCH_SIZE = 1 too"):
+        c.validate()
+    c.BATCH_SIZE = 1
+    c.validate()
+    c.NUM_CLASSES = 5
+    with pytest.raises(ValueError, match=r"IMAGE_META_SIZE is 13 but 12 \+ NUM_CLASSES give 17"):
+        c.validate()
+    c.IMAGE_META_SIZE = 17
+    c.IMAGE_MIN_DIM = c.IMAGE_MAX_DIM = 512
+    with pytest.raises(ValueError, match="IMAGE_SHAPE is array"):
+        c.validate()
+    c.__dict__.update(c.computed_settings())
+    c.validate()
+    assert c.IMAGE_SHAPE.tolist() == [512, 512, 3] and c.BATCH_SIZE == 1

@@ -265,6 +265,43 @@ def test_trim_pack_and_smooth_l1():
                                [0.125, 0.125, 1.5, 2.5])
 
 
+# --------------------------------------------------------------------------- construction
+
+def test_layers_from_model_config_equal_matterports_config_argument():
+    """from_model_config and matterport's config= go through one mapping per layer and give
+    the same plain-valued get_config, which deserialises to the same layer."""
+    class Odd(GraphConfig):   # no default, so that every setting shows where it came from
+        PRE_NMS_LIMIT, RPN_NMS_THRESHOLD, RPN_BBOX_STD_DEV = 321, 0.65, np.array([0.2, 0.2, 0.3, 0.3])
+        TRAIN_ROIS_PER_IMAGE, ROI_POSITIVE_RATIO, BBOX_STD_DEV = 24, 0.25, np.array([1, 2, 3, 4.0])
+        DETECTION_MAX_INSTANCES, DETECTION_MIN_CONFIDENCE, DETECTION_NMS_THRESHOLD = 9, 0.4, 0.45
+        DETECTION_CLASS_MODE, ROI_ALIGN_ALIGNED, ROI_ALIGN_SAMPLING_RATIO = "per_class", True, 2
+
+    config = Odd()
+    cases = [(ProposalLayer.from_model_config(config, proposal_count=7),
+              ProposalLayer(7, config.RPN_NMS_THRESHOLD, config=config)),
+             (DetectionTargetLayer.from_model_config(config), DetectionTargetLayer(config)),
+             (DetectionLayer.from_model_config(config), DetectionLayer(config=config)),
+             (PyramidROIAlign.from_model_config(config, pool_shape=[7, 7]),
+              PyramidROIAlign([7, 7], aligned=True, sampling_ratio=2))]
+    for built, matterport in cases:
+        settings = {k: v for k, v in built.get_config().items() if k != "name"}
+        assert settings == {k: v for k, v in matterport.get_config().items() if k != "name"}
+        assert json.loads(json.dumps(settings)) == settings          # plain values only
+        again = type(built).from_config(built.get_config())
+        assert again.get_config() == built.get_config()
+    proposals, targets, detections = (built.get_config() for built, _ in cases[:3])
+    assert (proposals["pre_nms_limit"], proposals["nms_threshold"]) == (321, 0.65)
+    assert proposals["rpn_bbox_std_dev"] == [0.2, 0.2, 0.3, 0.3]
+    assert (targets["train_rois_per_image"], targets["roi_positive_ratio"]) == (24, 0.25)
+    assert (targets["roi_align_aligned"], targets["roi_align_sampling_ratio"]) == (True, 2)
+    assert (detections["detection_max_instances"], detections["detection_class_mode"]) == (9, "per_class")
+    # An argument given alongside the config wins, both ways.
+    assert DetectionLayer(config, detection_max_instances=3).detection_max_instances == 3
+    assert DetectionLayer.from_model_config(config, detection_max_instances=3).detection_max_instances == 3
+    with pytest.raises(ValueError, match="DetectionTargetLayer: pass config or train_rois_per_image"):
+        DetectionTargetLayer()
+
+
 # --------------------------------------------------------------------------- proposals
 
 def test_proposal_layer_topk_deltas_clip_nms_and_padding():

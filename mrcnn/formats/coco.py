@@ -75,34 +75,15 @@ class CocoDataset(common.FormatDataset):
         that is not COCO, a category name given to two ids, unknown
         `class_ids`, or when no image is loaded.
         """
-        data = common.read_json(annotation_file, "COCO")
-        if not (isinstance(data, dict) and isinstance(data.get("images"), list)
-                and isinstance(data.get("annotations"), list)
-                and isinstance(data.get("categories"), list)):
-            raise common.wrong_format(annotation_file, data, "COCO",
-                                      "with 'images', 'annotations' and 'categories' lists")
+        data = _read_coco(annotation_file)
         loading = common.Loading(self, annotation_file, on_error)
         if image_dir is None:
             image_dir = os.path.dirname(os.path.abspath(annotation_file))
-
         categories = {c["id"]: c["name"] for c in data["categories"]}
-        if class_ids:
-            unknown = [i for i in class_ids if i not in categories]
-            if unknown:
-                raise ValueError(f"{annotation_file}: class_ids {unknown} are not category ids of "
-                                 f"the file (those are {sorted(categories)}).")
-        selected = list(class_ids) if class_ids else sorted(categories)
+        selected = _selected_categories(annotation_file, categories, class_ids)
         self._add_categories(annotation_file, source, {i: categories[i] for i in selected})
 
-        by_image = {image.get("id"): [] for image in data["images"]}
-        for ann in data["annotations"]:
-            if ann.get("image_id") in by_image:
-                by_image[ann["image_id"]].append(ann)
-            else:
-                loading.report(ann.get("image_id"), ann.get("id"), common.IMAGE,
-                               f"annotation of image id {ann.get('image_id')!r}, which 'images' "
-                               "does not list")
-
+        by_image = _annotations_by_image(data, loading)
         selected = set(selected)
         seen = set()
         for image in data["images"]:
@@ -114,29 +95,8 @@ class CocoDataset(common.FormatDataset):
             anns = by_image[image_id]
             if class_ids and not any(a.get("category_id") in selected for a in anns):
                 continue
-            path = os.path.join(image_dir, str(image.get("file_name", "")))
-            height, width = image.get("height"), image.get("width")
-            size = loading.image_size(image_id, path, (height, width) if isinstance(height, int)
-                                      and isinstance(width, int) else None)
-            if size is None:
-                continue
-            height, width = size
-            good = []
-            for ann in anns:
-                category_id = ann.get("category_id")
-                if category_id not in categories:
-                    loading.report(image_id, ann.get("id"), common.CATEGORY,
-                                   f"unknown category id {category_id!r}; the file's categories "
-                                   f"are {sorted(categories)}")
-                elif category_id in selected:
-                    bad = _check_annotation(ann, height, width)
-                    if bad:
-                        loading.report(image_id, ann.get("id"), *bad)
-                    else:
-                        good.append(ann)
-            self.add_image(source, image_id=image_id, path=path, width=width, height=height,
-                           annotations=good, coco_url=image.get("coco_url"), format="coco",
-                           train_empty=train_empty and not anns)
+            self._add_coco_image(image, anns, image_dir, categories, selected, loading, source,
+                                 train_empty)
         loading.finish()
         if return_coco:
             coco = COCO()
@@ -144,6 +104,34 @@ class CocoDataset(common.FormatDataset):
             with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress
                 coco.createIndex()
             return coco
+
+    def _add_coco_image(self, image, anns, image_dir, categories, selected, loading, source,
+                        train_empty):
+        """Add one entry of 'images' with its usable annotations of the `selected` categories."""
+        image_id = image.get("id")
+        path = os.path.join(image_dir, str(image.get("file_name", "")))
+        height, width = image.get("height"), image.get("width")
+        size = loading.image_size(image_id, path, (height, width) if isinstance(height, int)
+                                  and isinstance(width, int) else None)
+        if size is None:
+            return
+        height, width = size
+        good = []
+        for ann in anns:
+            category_id = ann.get("category_id")
+            if category_id not in categories:
+                loading.report(image_id, ann.get("id"), common.CATEGORY,
+                               f"unknown category id {category_id!r}; the file's categories "
+                               f"are {sorted(categories)}")
+            elif category_id in selected:
+                bad = _check_annotation(ann, height, width)
+                if bad:
+                    loading.report(image_id, ann.get("id"), *bad)
+                else:
+                    good.append(ann)
+        self.add_image(source, image_id=image_id, path=path, width=width, height=height,
+                       annotations=good, coco_url=image.get("coco_url"), format="coco",
+                       train_empty=train_empty and not anns)
 
     def _add_categories(self, annotation_file, source, categories):
         """Register {category id: name}; a name given to two ids, or an id renamed, is an error."""
@@ -184,6 +172,41 @@ class CocoDataset(common.FormatDataset):
     def annToMask(self, ann, height, width):
         """Binary mask [height, width] (uint8) of an annotation."""
         return mask_utils.decode(self.annToRLE(ann, height, width))
+
+
+def _read_coco(annotation_file):
+    """The JSON of a COCO annotation file, checked to have its three lists."""
+    data = common.read_json(annotation_file, "COCO")
+    if not (isinstance(data, dict) and isinstance(data.get("images"), list)
+            and isinstance(data.get("annotations"), list)
+            and isinstance(data.get("categories"), list)):
+        raise common.wrong_format(annotation_file, data, "COCO",
+                                  "with 'images', 'annotations' and 'categories' lists")
+    return data
+
+
+def _selected_categories(annotation_file, categories, class_ids):
+    """The category ids to load: `class_ids` (all known to the file), else all in ascending order."""
+    if class_ids:
+        unknown = [i for i in class_ids if i not in categories]
+        if unknown:
+            raise ValueError(f"{annotation_file}: class_ids {unknown} are not category ids of "
+                             f"the file (those are {sorted(categories)}).")
+        return list(class_ids)
+    return sorted(categories)
+
+
+def _annotations_by_image(data, loading):
+    """{image id: [annotation]} for every image of 'images'; annotations of other ids are reported."""
+    by_image = {image.get("id"): [] for image in data["images"]}
+    for ann in data["annotations"]:
+        if ann.get("image_id") in by_image:
+            by_image[ann["image_id"]].append(ann)
+        else:
+            loading.report(ann.get("image_id"), ann.get("id"), common.IMAGE,
+                           f"annotation of image id {ann.get('image_id')!r}, which 'images' "
+                           "does not list")
+    return by_image
 
 
 def _check_annotation(ann, height, width):

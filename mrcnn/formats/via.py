@@ -36,18 +36,7 @@ class ViaDataset(common.FormatDataset):
         Raises FileNotFoundError for a missing file, ValueError for a file
         that is not VIA or when no image is loaded.
         """
-        data = common.read_json(annotation_file, "VIA")
-        entries = data.get("_via_img_metadata") if isinstance(data, dict) else None
-        options = {}
-        if entries is None:
-            entries = data
-        elif class_attribute:
-            attribute = (data.get("_via_attributes") or {}).get("region", {}).get(class_attribute)
-            options = (attribute or {}).get("options") or {}
-        if not (isinstance(entries, dict) and all(
-                isinstance(e, dict) and "filename" in e and "regions" in e for e in entries.values())):
-            raise common.wrong_format(annotation_file, data, "VIA", "a dict of images with "
-                                      "'filename' and 'regions', or a VIA 2 project")
+        entries, options = _read_via(annotation_file, class_attribute)
         if class_attribute is None and class_names and len(class_names) > 1:
             raise ValueError(f"load_via: class_names {list(class_names)} has several classes but "
                              "class_attribute is None; name the region attribute that holds the "
@@ -56,27 +45,15 @@ class ViaDataset(common.FormatDataset):
         if image_dir is None:
             image_dir = os.path.dirname(os.path.abspath(annotation_file))
 
-        def regions(entry):
-            """(region id, region) pairs: the keys of VIA 1's dict, the positions of VIA 2's list."""
-            r = entry["regions"] or []
-            return list(r.items()) if isinstance(r, dict) else list(enumerate(r))
-
         def label(region):
-            """The region's class name, or None when it has no single one."""
-            if class_attribute is None:
-                return class_names[0] if class_names else source
-            value = (region.get("region_attributes") or {}).get(class_attribute)
-            if isinstance(value, dict):  # checkbox: {"option": true, ...}
-                ticked = [k for k, on in value.items() if on]
-                value = ticked[0] if len(ticked) == 1 else None
-            return value.strip() if isinstance(value, str) and value.strip() else None
+            return _label(region, class_attribute, class_names, source)
 
         if class_names:
             names = list(class_names)
         elif options:
             names = list(options)
         else:
-            names = sorted({label(r) for e in entries.values() for _, r in regions(e)} - {None})
+            names = sorted({label(r) for e in entries.values() for _, r in _regions(e)} - {None})
         ids = self._add_classes(source, names)
 
         seen = set()
@@ -90,25 +67,15 @@ class ViaDataset(common.FormatDataset):
             size = loading.image_size(name, path)
             if size is None:
                 continue
-            height, width = size
             instances = []
-            for region_id, region in regions(entry):
-                class_name = label(region)
-                if class_name not in ids:
-                    loading.report(name, region_id, common.CATEGORY,
-                                   f"no single class in region attribute {class_attribute!r}"
-                                   if class_name is None else
-                                   f"unknown class {class_name!r}; classes are {names}")
-                    continue
-                shape, bad = _shape(region.get("shape_attributes") or {})
-                bad = bad or common.check_shape(shape, height, width)
-                if bad:
-                    loading.report(name, region_id, *bad)
-                    continue
-                instances.append({"id": region_id, "class_id": ids[class_name], "shapes": [shape]})
-            self.add_image(source, image_id=name, path=path, width=width, height=height,
+            for region_id, region in _regions(entry):
+                instance = _instance(region_id, region, label(region), ids, size, loading, name,
+                                     class_attribute, names)
+                if instance is not None:
+                    instances.append(instance)
+            self.add_image(source, image_id=name, path=path, width=size[1], height=size[0],
                            instances=instances, format="via",
-                           train_empty=train_empty and not regions(entry))
+                           train_empty=train_empty and not _regions(entry))
         loading.finish()
 
     def load_mask(self, image_id):
@@ -117,6 +84,57 @@ class ViaDataset(common.FormatDataset):
         if info.get("format") != "via":
             return super().load_mask(image_id)
         return self._pack_shapes(info)
+
+
+def _read_via(annotation_file, class_attribute):
+    """(images {key: entry}, the options of `class_attribute` in a VIA 2 project or {})."""
+    data = common.read_json(annotation_file, "VIA")
+    entries = data.get("_via_img_metadata") if isinstance(data, dict) else None
+    options = {}
+    if entries is None:
+        entries = data
+    elif class_attribute:
+        attribute = (data.get("_via_attributes") or {}).get("region", {}).get(class_attribute)
+        options = (attribute or {}).get("options") or {}
+    if not (isinstance(entries, dict) and all(
+            isinstance(e, dict) and "filename" in e and "regions" in e for e in entries.values())):
+        raise common.wrong_format(annotation_file, data, "VIA", "a dict of images with "
+                                  "'filename' and 'regions', or a VIA 2 project")
+    return entries, options
+
+
+def _regions(entry):
+    """(region id, region) pairs: the keys of VIA 1's dict, the positions of VIA 2's list."""
+    r = entry["regions"] or []
+    return list(r.items()) if isinstance(r, dict) else list(enumerate(r))
+
+
+def _label(region, class_attribute, class_names, source):
+    """The region's class name, or None when it has no single one."""
+    if class_attribute is None:
+        return class_names[0] if class_names else source
+    value = (region.get("region_attributes") or {}).get(class_attribute)
+    if isinstance(value, dict):  # checkbox: {"option": true, ...}
+        ticked = [k for k, on in value.items() if on]
+        value = ticked[0] if len(ticked) == 1 else None
+    return value.strip() if isinstance(value, str) and value.strip() else None
+
+
+def _instance(region_id, region, class_name, ids, size, loading, image_name, class_attribute,
+              names):
+    """A region as an instance {"id", "class_id", "shapes"}, or None after reporting why not."""
+    if class_name not in ids:
+        loading.report(image_name, region_id, common.CATEGORY,
+                       f"no single class in region attribute {class_attribute!r}"
+                       if class_name is None else
+                       f"unknown class {class_name!r}; classes are {names}")
+        return None
+    shape, bad = _shape(region.get("shape_attributes") or {})
+    bad = bad or common.check_shape(shape, *size)
+    if bad:
+        loading.report(image_name, region_id, *bad)
+        return None
+    return {"id": region_id, "class_id": ids[class_name], "shapes": [shape]}
 
 
 def _shape(attributes):

@@ -281,7 +281,7 @@ def inference_config(config_class, images_per_batch=1, overrides=None):
     with the settings in `overrides` ({KEY: value}, as `--set` gives) replaced."""
     if overrides:
         config_class = type(config_class.__name__, (config_class,), dict(overrides))
-    return evaluation.inference_config(config_class(), images_per_batch)
+    return modellib.inference_config(config_class(), images_per_batch)
 
 
 def backbone_name(config):
@@ -409,13 +409,11 @@ def _phase(text):
     print(f"\n=== {text}", flush=True)
 
 
-def _load_inference_model(config_class, logs, weights, images_per_batch, overrides=None):
-    model = modellib.MaskRCNN("inference", inference_config(config_class, images_per_batch, overrides),
-                              logs)
-    weights = weights or model.find_last()
-    print(f"Loading weights {weights}")
-    model.load_weights(weights, by_name=True)
-    return model, weights
+def load_detector(config_class, logs, weights, images_per_batch, overrides=None):
+    """An inference model of `inference_config(config_class, ...)` with `weights` (default:
+    the newest checkpoint under `logs`) loaded."""
+    return modellib.inference_model(inference_config(config_class, images_per_batch, overrides),
+                                    weights=weights or "last", model_dir=logs, verbose=1)
 
 
 def train_main(args):
@@ -463,7 +461,7 @@ def train_main(args):
     _phase(f"Evaluate on {args.images} held-out images (seed {TEST_SEED})")
     t_eval = time.time()
     weights = model.find_last()
-    detector, _ = _load_inference_model(config_class, args.logs, weights, args.eval_batch)
+    detector = load_detector(config_class, args.logs, weights, args.eval_batch)
     test_set = make_dataset(args.images, config, TEST_SEED)
     metrics, predictions = evaluate(detector, test_set)
     print(evaluation.format_metrics(metrics))
@@ -491,8 +489,7 @@ def train_main(args):
 def evaluate_main(args):
     """Score a trained model on --images held-out images."""
     config_class = config_class_from(args)
-    model, _ = _load_inference_model(config_class, args.logs, args.weights, args.eval_batch,
-                                     args.overrides)
+    model = load_detector(config_class, args.logs, args.weights, args.eval_batch, args.overrides)
     dataset = make_dataset(args.images, model.config, args.seed)
     metrics, _ = evaluate(model, dataset)
     print(evaluation.format_metrics(metrics))
@@ -502,7 +499,7 @@ def evaluate_main(args):
 def detect_main(args):
     """Detect on an image file, or a generated one, and write a PNG with the detections."""
     config_class = config_class_from(args)
-    model, _ = _load_inference_model(config_class, args.logs, args.weights, 1, args.overrides)
+    model = load_detector(config_class, args.logs, args.weights, 1, args.overrides)
     if args.image:
         image = skimage.io.imread(args.image)
         title = os.path.basename(args.image)
