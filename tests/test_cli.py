@@ -128,6 +128,7 @@ def test_errors_are_one_line_without_traceback(tmp_path, capsys):
         cli.main(["evaluate", "--dataset", "x.json", "--format", "coco", "--logs", str(tmp_path), "--debug"])
 
 
+@pytest.mark.large
 def test_train_evaluate_detect_export(tmp_path):
     annotations, images_dir = write_coco(str(tmp_path))
     logs = str(tmp_path / "logs")

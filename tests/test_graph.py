@@ -829,6 +829,7 @@ print("OK")
 """
 
 
+@pytest.mark.large
 def test_mirrored_strategy_step_equals_single_device_step():
     """One SGD step of a batch of 2 over two logical CPUs gives the single-device step's
     losses and weight updates (a fresh process: logical devices are set before any op)."""

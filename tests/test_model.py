@@ -291,6 +291,7 @@ print("REPLICAS", strategy.num_replicas_in_sync, "CHECKPOINT", model.find_last()
 """
 
 
+@pytest.mark.large
 def test_train_runs_unchanged_under_mirrored_strategy(tmp_path):
     """The user's train() call, inside a MirroredStrategy scope over two logical CPUs."""
     import subprocess
