@@ -166,6 +166,7 @@ def test_train_evaluate_detect_export(tmp_path):
     assert os.path.isfile(os.path.join(exported, "saved_model.pb"))
 
 
+@pytest.mark.large
 def test_train_weights_coco_downloads_and_drops_the_class_heads_and_exclude_drops_more(tmp_path, monkeypatch, capsys):
     """`--weights coco` fetches the file into the Keras cache (here from 127.0.0.1), and for a
     dataset with other classes than COCO's 81 leaves out the class-specific heads; `--exclude`
