@@ -1,5 +1,5 @@
-"""Shared fixtures: a tiny shapes dataset drawn with numpy, a small, fast config, and a local
-HTTP server for the code that downloads."""
+"""Shared fixtures: a tiny shapes dataset drawn with numpy, a small, fast config (and the
+variants tests derive from it), and a local HTTP server for the code that downloads."""
 
 import contextlib
 import functools
@@ -36,6 +36,29 @@ class TinyConfig(Config):
     FPN_CLASSIF_FC_LAYERS_SIZE = 128
     STEPS_PER_EPOCH = 5
     VALIDATION_STEPS = 1
+
+
+# Variants hold only what their tests' assertions need to differ.
+
+class GraphConfig(TinyConfig):
+    """test_graph's: fewer RoIs and detections, all kept, narrower FPN/FC layers (same names)."""
+    NAME = "graph_test"
+    PRE_NMS_LIMIT = 500
+    POST_NMS_ROIS_TRAINING = 100
+    POST_NMS_ROIS_INFERENCE = 50
+    MAX_GT_INSTANCES = 6
+    DETECTION_MAX_INSTANCES = 10
+    DETECTION_MIN_CONFIDENCE = 0.0
+    TOP_DOWN_PYRAMID_SIZE = 32
+    FPN_CLASSIF_FC_LAYERS_SIZE = 64
+
+
+class SmallConfig(TinyConfig):
+    """test_data's: its two-class ShapesDataset, with matterport's 56x56 mini-masks."""
+    NAME = "data-test"
+    NUM_CLASSES = 1 + 2
+    MAX_GT_INSTANCES = 10
+    MINI_MASK_SHAPE = (56, 56)
 
 
 class TinyShapes(utils.Dataset):

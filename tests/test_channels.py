@@ -158,6 +158,7 @@ def test_only_rgb_input_kernels_are_adapted(tmp_path):
     assert load_weights_by_name(net(1), path, verbose=1).adapted == ["conv1"]
 
 
+@pytest.mark.large
 @pytest.mark.parametrize("channels", [1, 4])
 def test_train_and_detect_with_other_channel_counts(tmp_path, channels):
     dataset = (FourChannelShapes if channels == 4 else TinyShapes)()

@@ -131,6 +131,7 @@ def test_errors_are_one_line_without_traceback(tmp_path, capsys):
         cli.main(["evaluate", "--dataset", "x.json", "--format", "coco", "--logs", str(tmp_path), "--debug"])
 
 
+@pytest.mark.large
 def test_train_evaluate_detect_export(tmp_path):
     annotations, images_dir = write_coco(str(tmp_path))
     logs = str(tmp_path / "logs")
@@ -168,6 +169,7 @@ def test_train_evaluate_detect_export(tmp_path):
     assert os.path.isfile(os.path.join(exported, "saved_model.pb"))
 
 
+@pytest.mark.large
 def test_train_weights_coco_downloads_and_drops_the_class_heads_and_exclude_drops_more(tmp_path, monkeypatch, capsys):
     """`--weights coco` fetches the file into the Keras cache (here from 127.0.0.1), and for a
     dataset with other classes than COCO's 81 leaves out the class-specific heads; `--exclude`

@@ -8,15 +8,7 @@ import numpy as np
 import pytest
 
 from mrcnn import geometry, ground_truth, image_meta, images, pipeline, targets, utils
-from tests.conftest import TinyConfig
-
-
-class SmallConfig(TinyConfig):
-    """TinyConfig for the two-class ShapesDataset below, with matterport's 56x56 mini-masks."""
-    NAME = "data-test"
-    NUM_CLASSES = 1 + 2
-    MAX_GT_INSTANCES = 10
-    MINI_MASK_SHAPE = (56, 56)
+from tests.conftest import SmallConfig
 
 
 class ShapesDataset(utils.Dataset):

@@ -280,6 +280,7 @@ def test_detect_one_class_model_reports_scores_below_half_only_per_class(models)
     assert ((predicted[0, :, 5] < 0.5) & (predicted[0, :, 4] > 0)).any()
 
 
+@pytest.mark.large
 def test_saved_model_follows_the_config_and_agrees_with_detect(models, tmp_path):
     images = [shapes_image(1), shapes_image(3)[:100, :70]]
     for mode, model in models.items():

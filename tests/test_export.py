@@ -136,6 +136,7 @@ def compare(reference, out, key):
             "mask_px_differing": int((masks != ref_masks).sum())}
 
 
+@pytest.mark.large
 def test_served_results_are_exactly_detects(detector, served):
     """Same boxes, class ids, scores and mask pixels, bit for bit, as the README promises."""
     pictures, out, info = served
@@ -151,6 +152,7 @@ def test_served_results_are_exactly_detects(detector, served):
     assert total > 30       # random weights still detect plenty
 
 
+@pytest.mark.large
 def test_signatures_names_dtypes_and_shapes(served, exported):
     signatures = served[2]["signatures"]
     outputs = {"class_ids": ["int32", [None]], "masks": ["bool", [None, None, None]],
@@ -165,6 +167,7 @@ def test_signatures_names_dtypes_and_shapes(served, exported):
     print(f"\nSavedModel: {size / 2**20:.1f} MiB, signatures {json.dumps(signatures)}")
 
 
+@pytest.mark.large
 def test_bad_serving_input_is_an_error_not_a_crash(served):
     errors = served[2]["errors"]
     assert errors["empty"].startswith("InvalidArgumentError") and "the image is empty" in errors["empty"]

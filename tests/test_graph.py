@@ -27,22 +27,9 @@ from mrcnn.roi_heads import (DetectionLayer, DetectionTargetLayer, PyramidROIAli
                              mrcnn_mask_loss_graph)
 from mrcnn.rpn import (ProposalLayer, rpn_bbox_loss_graph,
                        rpn_class_loss_graph)
-from tests.conftest import TinyConfig
+from tests.conftest import GraphConfig
 
 REFERENCE = Path(__file__).resolve().parent / "data"   # listings of matterport's weight files
-
-
-class GraphConfig(TinyConfig):
-    """TinyConfig with fewer RoIs and detections and narrower FPN/FC layers (names unchanged)."""
-    NAME = "graph_test"
-    PRE_NMS_LIMIT = 500
-    POST_NMS_ROIS_TRAINING = 100
-    POST_NMS_ROIS_INFERENCE = 50
-    MAX_GT_INSTANCES = 6
-    DETECTION_MAX_INSTANCES = 10
-    DETECTION_MIN_CONFIDENCE = 0.0
-    TOP_DOWN_PYRAMID_SIZE = 32
-    FPN_CLASSIF_FC_LAYERS_SIZE = 64
 
 
 def tiny_backbone(input_image, stage5=True, train_bn=True):
@@ -821,6 +808,7 @@ print("OK")
 """
 
 
+@pytest.mark.large
 def test_mirrored_strategy_step_equals_single_device_step():
     """One SGD step of a batch of 2 over two logical CPUs gives the single-device step's
     losses and weight updates (a fresh process: logical devices are set before any op)."""

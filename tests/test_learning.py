@@ -7,6 +7,7 @@ and its loss still falls. This test scores the detections instead.
 
 import keras
 import numpy as np
+import pytest
 
 from mrcnn import evaluate
 from mrcnn import model as modellib
@@ -85,6 +86,7 @@ EPOCHS = 12          # 120 steps of 4 images,
 SLOW_EPOCHS = 2      # the last 20 at a tenth of the learning rate
 
 
+@pytest.mark.large
 def test_short_training_detects_blobs_on_held_out_images(tmp_path):
     """120 seeded Adam steps from random weights find the blobs on 32 held-out images, with good boxes.
 

@@ -163,6 +163,7 @@ raise ValueError("a real error after training")
 """
 
 
+@pytest.mark.large
 def test_three_training_stages_print_no_retrace_warning_but_real_problems(tmp_path):
     import subprocess
     import sys

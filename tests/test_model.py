@@ -10,6 +10,9 @@ import pytest
 from mrcnn import model as modellib
 from tests.conftest import TinyConfig, local_server
 
+# Every test here trains the tiny model (60 steps) or uses the one trained by the fixture.
+pytestmark = pytest.mark.large
+
 LOSSES = ["rpn_class_loss", "rpn_bbox_loss", "mrcnn_class_loss", "mrcnn_bbox_loss", "mrcnn_mask_loss"]
 
 

@@ -71,6 +71,7 @@ def notebook_env(tmp_path_factory):
         yield base
 
 
+@pytest.mark.large
 @pytest.mark.parametrize("name", NOTEBOOKS)
 def test_notebook_runs_in_smoke_mode(name, notebook_env, tmp_path):
     # Run a copy from a temporary folder, so nothing is written next to the notebooks.

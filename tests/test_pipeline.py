@@ -11,7 +11,8 @@ import tensorflow as tf
 from mrcnn import geometry, ground_truth, image_meta, pipeline
 from mrcnn import model as modellib
 from samples.shapes.shapes import lite_backbone, lite_backbone_shapes
-from tests.test_data import Broken, ShapesDataset, SmallConfig, hflip
+from tests.conftest import SmallConfig
+from tests.test_data import Broken, ShapesDataset, hflip
 
 
 class LiteSmall(SmallConfig):
