@@ -360,8 +360,8 @@ class MaskRCNN:
         except tf.errors.OpError:
             # A loading error stops the pipeline inside TensorFlow: raise the user's own error.
             for loader in loaders:
-                if loader.error is not None:
-                    raise loader.error from None
+                if loader.rules.error is not None:
+                    raise loader.rules.error from None
             raise
         finally:
             tf.get_logger().removeFilter(retrace_filter)

@@ -61,10 +61,11 @@ def test_batch_values_equal_the_numpy_loading_code(config):
     for row, image_id in enumerate((0, 1)):
         rng = np.random.RandomState(np.random.SeedSequence([5, 0, row]).generate_state(4))
         sample = ground_truth._load_sample(ds, config, image_id, anchors, hflip, 0, False, rng=rng)
-        inputs, _ = ground_truth._collate([sample], config)
-        for name, expected in zip(batch, inputs):
-            value = batch[name].numpy()[row]
-            np.testing.assert_array_equal(value, expected[0].astype(value.dtype), err_msg=name)
+        expected = pipeline._collate([sample], config, pipeline.batch_spec(config))
+        assert list(expected) == list(batch)
+        for name, value in batch.items():
+            value = value.numpy()[row]
+            np.testing.assert_array_equal(value, expected[name][0].astype(value.dtype), err_msg=name)
 
 
 def test_failed_images_are_skipped_and_repeated_failures_raise_the_real_error(config, caplog,
