@@ -35,6 +35,7 @@ import tensorflow as tf
 from mrcnn import files
 from mrcnn.geometry import normalized_anchors, unmold_boxes_graph
 from mrcnn.image_meta import compose_image_meta_graph
+from mrcnn.mask_rcnn import inputs_in_order, outputs_by_name
 
 
 def _axis_weights(out_size, in_size):
@@ -119,9 +120,11 @@ class ServingModule(tf.Module):
 
     def _detect(self, image):
         molded, meta, window = self._mold(image)
-        outputs = self.keras_model([molded[None], meta[None], tf.constant(self._anchors)],
-                                   training=False)
-        detections, mrcnn_mask = outputs[0][0], outputs[3][0]
+        named = {"input_image": molded[None], "input_image_meta": meta[None],
+                 "input_anchors": tf.constant(self._anchors)}
+        outputs = outputs_by_name(self.keras_model, self.keras_model(
+            inputs_in_order(self.keras_model, named), training=False))
+        detections, mrcnn_mask = outputs["mrcnn_detection"][0], outputs["mrcnn_mask"][0]
         return self._unmold(detections, mrcnn_mask, tf.shape(image)[0], tf.shape(image)[1], window)
 
     def _unmold(self, detections, mrcnn_mask, height, width, window):

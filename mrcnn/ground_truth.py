@@ -1,4 +1,5 @@
-"""Ground truth of one training image: load, check, augment, mold, and the per-image sample.
+"""Ground truth of one training image: load, check, augment, the per-image `Sample`, and
+the rules for skipping images that every batching loop follows (`SkipRules`).
 
 For the same inputs and the same `np.random` state `load_image_gt` returns
 matterport's values. Where matterport crashed, looped forever or returned
@@ -11,12 +12,13 @@ import logging
 import random
 import threading
 import warnings
+from typing import NamedTuple
 
 import numpy as np
 
 from mrcnn import utils
 from mrcnn.image_meta import compose_image_meta
-from mrcnn.images import mold_image, to_channels
+from mrcnn.images import to_channels
 from mrcnn.targets import _rng, build_detection_targets, build_rpn_targets, generate_random_rois
 
 logger = logging.getLogger(__name__)
@@ -207,19 +209,45 @@ def _augment(image, mask, augmentation, image_id, rng=None):
 
 
 ############################################################
-#  Batching
+#  One training sample, and the rules for skipping images
 ############################################################
+
+class Sample(NamedTuple):
+    """One training image's arrays (`_load_sample`), before molding and padding.
+
+    image [H, W, C] as resized (not molded); image_meta (`compose_image_meta`);
+    rpn_match [anchors] int32 and rpn_bbox [RPN_TRAIN_ANCHORS_PER_IMAGE, 4]
+    (`build_rpn_targets`); gt_class_ids [N] int32, gt_boxes [N, 4] int32,
+    gt_masks [h, w, N] bool, N <= MAX_GT_INSTANCES. With random RoIs: rois
+    [random_rois, 4] int32 (`generate_random_rois`), and with detection
+    targets `build_detection_targets`' target_rois, target_class_ids,
+    target_bbox and target_mask; None otherwise.
+    """
+    image: np.ndarray
+    image_meta: np.ndarray
+    rpn_match: np.ndarray
+    rpn_bbox: np.ndarray
+    gt_class_ids: np.ndarray
+    gt_boxes: np.ndarray
+    gt_masks: np.ndarray
+    rois: np.ndarray | None = None
+    target_rois: np.ndarray | None = None
+    target_class_ids: np.ndarray | None = None
+    target_bbox: np.ndarray | None = None
+    target_mask: np.ndarray | None = None
+
 
 def _load_sample(dataset, config, image_id, anchors, augmentation, random_rois,
                  detection_targets, augment=False, rng=None):
-    """One image's training arrays, or None when it has no (non-crowd) instance.
+    """One image's training `Sample`, or None when it has no (non-crowd) instance.
 
     An image whose image_info has a true "train_empty" (what the loaders of
     `mrcnn.formats` set for images without annotations when asked) is kept
     as pure background: all its RPN anchors are negatives, and the RoI heads
     get no sample from it (the RoI sampler takes negatives in proportion to
     positives, as matterport's does). Not with `random_rois`, which are
-    drawn around GT boxes. rng: see `load_image_gt`.
+    drawn around GT boxes. detection_targets: also `build_detection_targets`
+    for the random RoIs (only with random_rois). rng: see `load_image_gt`.
     """
     image, image_meta, gt_class_ids, gt_boxes, gt_masks = load_image_gt(
         dataset, config, image_id, augmentation=augmentation,
@@ -238,18 +266,19 @@ def _load_sample(dataset, config, image_id, anchors, augmentation, random_rois,
         return None
     rpn_match, rpn_bbox = build_rpn_targets(image.shape, anchors, gt_class_ids, gt_boxes, config,
                                             rng=rng)
-    extra = []
+    extra = {}
     if random_rois:
-        rpn_rois = generate_random_rois(image.shape, random_rois, gt_class_ids, gt_boxes, rng)
-        extra.append(rpn_rois)
+        extra["rois"] = generate_random_rois(image.shape, random_rois, gt_class_ids, gt_boxes, rng)
         if detection_targets:
-            extra.extend(build_detection_targets(rpn_rois, gt_class_ids, gt_boxes, gt_masks,
-                                                 config))
+            extra.update(zip(("target_rois", "target_class_ids", "target_bbox", "target_mask"),
+                             build_detection_targets(extra["rois"], gt_class_ids, gt_boxes,
+                                                     gt_masks, config)))
     if gt_boxes.shape[0] > config.MAX_GT_INSTANCES:
         ids = _rng(rng).choice(np.arange(gt_boxes.shape[0]), config.MAX_GT_INSTANCES,
                                replace=False)
         gt_class_ids, gt_boxes, gt_masks = gt_class_ids[ids], gt_boxes[ids], gt_masks[:, :, ids]
-    return [image, image_meta, rpn_match, rpn_bbox, gt_class_ids, gt_boxes, gt_masks] + extra
+    return Sample(image, image_meta, rpn_match, rpn_bbox, gt_class_ids, gt_boxes, gt_masks,
+                  **extra)
 
 
 def _pad_instances(class_ids, boxes, masks, max_gt):
@@ -263,30 +292,65 @@ def _pad_instances(class_ids, boxes, masks, max_gt):
     return padded_ids, padded_boxes, padded_masks
 
 
-def _collate(samples, config):
-    """Stack samples into matterport's (inputs, outputs) batch lists."""
-    shapes = {s[0].shape for s in samples}
-    if len(shapes) > 1:
-        raise ValueError(f"Images of one batch have different shapes {sorted(shapes)}. Use "
-                         "IMAGE_RESIZE_MODE 'square' or 'crop', or a batch size of 1.")
-    gt_class_ids, gt_boxes, gt_masks = (np.stack(v) for v in zip(*(
-        _pad_instances(s[4], s[5], s[6], config.MAX_GT_INSTANCES) for s in samples)))
-    inputs = [
-        np.stack([mold_image(s[0], config) for s in samples]).astype(np.float32),
-        np.stack([s[1] for s in samples]).astype(np.float64),
-        np.stack([s[2] for s in samples])[:, :, np.newaxis],
-        np.stack([s[3] for s in samples]),
-        gt_class_ids, gt_boxes, gt_masks,
-    ]
-    outputs = []
-    if len(samples[0]) > 7:
-        inputs.append(np.stack([s[7] for s in samples]))
-    if len(samples[0]) > 8:
-        inputs.append(np.stack([s[8] for s in samples]))
-        outputs = [np.stack([s[9] for s in samples])[:, :, np.newaxis],
-                   np.stack([s[10] for s in samples]),
-                   np.stack([s[11] for s in samples])]
-    return inputs, outputs
+class SkipRules:
+    """The skip and stop rules of every batching loop (`pipeline.data_generator` and
+    the tf.data pipeline), around `_load_sample`; safe to call from several threads.
+
+    `load` returns the image's Sample, or None for an image that is skipped:
+    one without instances (unless "train_empty", see `_load_sample`; logged
+    with the count so far) or one that fails to load (logged with the
+    traceback). It raises, and keeps in `error`: a TrainingShapeError at
+    once; the last load error after more than MAX_CONSECUTIVE_ERRORS in a
+    row (a note says so); a ValueError when 2 * len(image_ids) images in a
+    row had no instances (a whole shuffled pass, or more, had none).
+    `who` names the loop in those errors.
+    """
+
+    def __init__(self, who, dataset, config):
+        _check_dataset(dataset, config)
+        self.who = who
+        self.dataset = dataset
+        self.config = config
+        self.error = None
+        self._lock = threading.Lock()
+        self._failures = 0     # images that failed to load in a row
+        self._empty = 0        # images without instances in a row
+        self._skipped = 0      # images without instances, in all
+
+    def load(self, image_id, anchors, augmentation, random_rois, detection_targets=False,
+             augment=False, rng=None):
+        """`_load_sample(dataset, config, image_id, ...)` under the rules; None: skipped."""
+        try:
+            sample = _load_sample(self.dataset, self.config, image_id, anchors, augmentation,
+                                  random_rois, detection_targets, augment=augment, rng=rng)
+        except TrainingShapeError as e:
+            self.error = e
+            raise
+        except Exception as e:
+            logger.error("Error processing image %s; skipped.", _describe(self.dataset, image_id),
+                         exc_info=True)
+            with self._lock:
+                self._failures += 1
+                failures = self._failures
+            if failures > MAX_CONSECUTIVE_ERRORS:
+                e.add_note(f"{self.who}: {failures} images in a row failed to load; the last "
+                           "error is raised.")
+                self.error = e
+                raise
+            return None
+        with self._lock:
+            self._failures = 0
+            self._empty = 0 if sample is not None else self._empty + 1
+            self._skipped += sample is None
+            empty, skipped = self._empty, self._skipped
+        if sample is None:
+            logger.warning("Image %s has no instances; skipped (%d skipped so far).",
+                           _describe(self.dataset, image_id), skipped)
+            if empty >= 2 * len(self.dataset.image_ids):
+                self.error = ValueError(f"{self.who}: no image of the dataset has instances "
+                                        "(check load_mask and the class ids).")
+                raise self.error
+        return sample
 
 
 def _describe(dataset, image_id):

@@ -278,7 +278,7 @@ class TrainingModel(keras.Model):
     def _loss_values(self, x, training):
         """The total loss and the weighted losses by name, for one (replica) batch."""
         forward = self.xla_split or self
-        outputs = dict(zip(self.output_names, forward(x, training=training)))
+        outputs = outputs_by_name(self, forward(x, training=training))
         losses = {name: tf.reduce_mean(outputs[name]) * self.loss_weights[name]
                   for name in LOSS_NAMES}
         total = tf.add_n(list(losses.values()))
@@ -329,3 +329,24 @@ class TrainingModel(keras.Model):
                               for name in LOSS_NAMES}
         model.weight_decay = float(settings.get("weight_decay", 0.0))
         return model
+
+
+def inputs_in_order(keras_model, named):
+    """{input name: value} as the list in `keras_model.inputs` order, the form a call (or a
+    tf.function traced on lists) takes; extra names are ignored."""
+    names = [t.name for t in keras_model.inputs]
+    missing = [name for name in names if name not in named]
+    if missing:
+        raise ValueError(f"Model {keras_model.name!r} needs the inputs {names}; {missing} are "
+                         f"missing from the given {sorted(named)}.")
+    return [named[name] for name in names]
+
+
+def outputs_by_name(keras_model, outputs):
+    """`keras_model`'s outputs (a list in its output order) as {output name: value}, so that
+    callers read e.g. outputs["mrcnn_detection"] rather than a position."""
+    names = keras_model.output_names
+    if len(outputs) != len(names):
+        raise ValueError(f"Model {keras_model.name!r} has {len(names)} outputs {names}, "
+                         f"got {len(outputs)} values.")
+    return dict(zip(names, outputs))

@@ -28,7 +28,8 @@ from mrcnn.ground_truth import load_image_gt  # noqa: F401
 from mrcnn.image_meta import compose_image_meta, parse_image_meta, parse_image_meta_graph  # noqa: F401
 from mrcnn.imagenet import RESNET50_IMAGENET_URL, RESNET101_IMAGENET_URL, imagenet_weights  # noqa: F401
 from mrcnn.images import mold_image, to_channels, unmold_image  # noqa: F401
-from mrcnn.mask_rcnn import build_inference_model, build_training_model
+from mrcnn.mask_rcnn import (build_inference_model, build_training_model, inputs_in_order,
+                             outputs_by_name)
 from mrcnn.pipeline import _pipeline, data_generator  # noqa: F401
 from mrcnn.roi_heads import (  # noqa: F401
     DetectionLayer, DetectionTargetLayer, PyramidROIAlign, build_fpn_mask_graph,
@@ -359,8 +360,8 @@ class MaskRCNN:
         except tf.errors.OpError:
             # A loading error stops the pipeline inside TensorFlow: raise the user's own error.
             for loader in loaders:
-                if loader.error is not None:
-                    raise loader.error from None
+                if loader.rules.error is not None:
+                    raise loader.rules.error from None
             raise
         finally:
             tf.get_logger().removeFilter(retrace_filter)
@@ -418,10 +419,16 @@ class MaskRCNN:
         `geometry.normalized_anchors`, computed once per anchor settings and shape."""
         return normalized_anchors(self.config, image_shape)
 
-    def _inference_inputs(self, molded_images, image_metas):
+    def _inference_feed(self, molded_images, image_metas):
+        """The inference model's inputs {name: array}: the images, metas and their anchors."""
         anchors = self.get_anchors(molded_images[0].shape)
-        anchors = np.broadcast_to(anchors, (len(molded_images),) + anchors.shape)
-        return [molded_images.astype(np.float32), image_metas.astype(np.float32), anchors]
+        return {"input_image": molded_images.astype(np.float32),
+                "input_image_meta": image_metas.astype(np.float32),
+                "input_anchors": np.broadcast_to(anchors, (len(molded_images),) + anchors.shape)}
+
+    def _inference_inputs(self, molded_images, image_metas):
+        """`_inference_feed` as the list in the model's input order (what `_predict` takes)."""
+        return inputs_in_order(self.keras_model, self._inference_feed(molded_images, image_metas))
 
     def _check_batch(self, images, what):
         if self.mode != "inference":
@@ -464,11 +471,13 @@ class MaskRCNN:
                             [m.shape for m in molded_images], verbose)
 
     def _detect(self, molded_images, image_metas, windows, original_shapes, verbose):
-        inputs = self._inference_inputs(molded_images, image_metas)
+        feed = self._inference_feed(molded_images, image_metas)
         if verbose:
-            log("anchors", inputs[2])
-        outputs = self._predict([tf.constant(x) for x in inputs])
-        detections, mrcnn_mask = outputs[0].numpy(), outputs[3].numpy()
+            log("anchors", feed["input_anchors"])
+        outputs = outputs_by_name(self.keras_model, self._predict(
+            [tf.constant(x) for x in inputs_in_order(self.keras_model, feed)]))
+        detections = outputs["mrcnn_detection"].numpy()
+        mrcnn_mask = outputs["mrcnn_mask"].numpy()
         results = []
         for i, original_shape in enumerate(original_shapes):
             rois, class_ids, scores, masks = self.unmold_detections(

@@ -2,10 +2,12 @@
 
 `training_dataset` maps the image positions of each epoch in parallel
 (`workers` threads, order kept) through the numpy loading code of
-`mrcnn.data` (`load_image_gt`, the RPN targets), drops images without
-instances or that fail to load, batches and prefetches, so the next batches
-are ready while a step runs. Each element is a dict keyed by the training
-model's input names (`batch_spec`). `dataset_fn` wraps it for
+`mrcnn.ground_truth` (`load_image_gt`, the RPN targets), drops images
+without instances or that fail to load (`ground_truth.SkipRules`), batches
+and prefetches, so the next batches are ready while a step runs. Each
+element is a dict keyed by the training model's input names: `batch_spec`
+owns the batch's names, order, dtypes and shapes, which `_fields` fills for
+one image, `_collate` stacks, and matterport's `data_generator` lists. `dataset_fn` wraps it for
 `strategy.distribute_datasets_from_function`, which shards it across input
 pipelines.
 
@@ -16,7 +18,6 @@ random RoIs) comes from its own generator seeded by (seed, e, j), whatever
 the number of workers and the order they finish in.
 """
 
-import logging
 import math
 import threading
 
@@ -24,20 +25,24 @@ import numpy as np
 import tensorflow as tf
 
 from mrcnn.geometry import compute_anchors
-from mrcnn.ground_truth import (MAX_CONSECUTIVE_ERRORS, TrainingShapeError, _check_dataset, _collate,
-                                _describe, _load_sample, _pad_instances)
+from mrcnn.ground_truth import SkipRules, _pad_instances
 from mrcnn.images import mold_image
-
-logger = logging.getLogger(__name__)
 
 # Batches prepared ahead of the step that consumes them.
 PREFETCH_BATCHES = 2
 
 
-def batch_spec(config, random_rois=0):
-    """[(input name, dtype, shape of one image's array)] of the training model's inputs, in order.
+# data_generator(detection_targets=True)'s outputs; the other fields of a batch are its inputs.
+TARGET_OUTPUTS = ("target_class_ids", "target_bbox", "target_mask")
 
-    random_rois > 0 adds "input_roi" (the USE_RPN_ROIS False model's RoIs).
+
+def batch_spec(config, random_rois=0, detection_targets=False):
+    """[(name, dtype, shape of one image's array)] of a training batch, in the model's input order.
+
+    The names and dtypes are the training model's inputs. random_rois > 0
+    adds "input_roi" (the USE_RPN_ROIS False model's RoIs); with it,
+    detection_targets adds `build_detection_targets`' "target_rois" (an input
+    of data_generator's batches, not of the model) and TARGET_OUTPUTS.
     """
     h, w, c = (int(v) for v in config.IMAGE_SHAPE)
     mask_h, mask_w = (int(v) for v in (config.MINI_MASK_SHAPE if config.USE_MINI_MASK
@@ -54,19 +59,49 @@ def batch_spec(config, random_rois=0):
             ("input_gt_masks", tf.uint8, (mask_h, mask_w, max_gt))]
     if random_rois:
         spec.append(("input_roi", tf.int32, (random_rois, 4)))
+        if detection_targets:
+            rois, classes = config.TRAIN_ROIS_PER_IMAGE, config.NUM_CLASSES
+            spec += [("target_rois", tf.int32, (rois, 4)),
+                     ("target_class_ids", tf.int32, (rois, 1)),
+                     ("target_bbox", tf.float32, (rois, classes, 4)),
+                     ("target_mask", tf.float32, (rois, *config.MASK_SHAPE, classes))]
     return spec
 
 
-class _Loader:
-    """One image's training arrays by (epoch, position); called from tf.data's threads.
+def _fields(sample, config, spec):
+    """One `ground_truth.Sample` as `spec`'s fields {name: array}, in its order: the image
+    molded, the instances padded to MAX_GT_INSTANCES, in matterport's numpy dtypes."""
+    class_ids, boxes, masks = _pad_instances(sample.gt_class_ids, sample.gt_boxes,
+                                             sample.gt_masks, config.MAX_GT_INSTANCES)
+    values = {"input_image": mold_image(sample.image, config).astype(np.float32),
+              "input_image_meta": sample.image_meta.astype(np.float64),
+              "input_rpn_match": sample.rpn_match[:, np.newaxis],
+              "input_rpn_bbox": sample.rpn_bbox,
+              "input_gt_class_ids": class_ids, "input_gt_boxes": boxes, "input_gt_masks": masks,
+              "input_roi": sample.rois,
+              "target_rois": sample.target_rois,
+              "target_class_ids": (None if sample.target_class_ids is None
+                                   else sample.target_class_ids[:, np.newaxis]),
+              "target_bbox": sample.target_bbox, "target_mask": sample.target_mask}
+    return {name: values[name] for name, _, _ in spec}
 
-    A fatal error (wrong image size, too many failures in a row, no image with
-    instances) is kept in `error` and raised, which stops the pipeline.
+
+def _collate(samples, config, spec):
+    """Samples stacked into a batch {name: array [len(samples), ...]}, in `spec`'s order."""
+    fields = [_fields(sample, config, spec) for sample in samples]
+    return {name: np.stack([f[name] for f in fields]) for name, _, _ in spec}
+
+
+class _Loader:
+    """One image's training fields by (epoch, position); called from tf.data's threads.
+
+    Images are skipped and the pipeline stopped by `rules` (`ground_truth.SkipRules`),
+    whose `error` keeps the error that stopped it.
     """
 
     def __init__(self, dataset, config, shuffle, augmentation, no_augmentation_sources,
                  random_rois, seed):
-        _check_dataset(dataset, config)
+        self.rules = SkipRules("training_dataset", dataset, config)
         self.dataset = dataset
         self.config = config
         self.shuffle = shuffle
@@ -77,11 +112,8 @@ class _Loader:
         self.image_ids = np.copy(dataset.image_ids)
         self.anchors = compute_anchors(config, config.IMAGE_SHAPE)
         self.spec = batch_spec(config, random_rois)
-        self.error = None
         self._lock = threading.Lock()
         self._orders = {}
-        self._failures = 0     # images that failed to load in a row
-        self._empty = 0        # images without instances in a row
 
     def image_id(self, epoch, position):
         """The image at `position` of `epoch`: whole permutations of the dataset, concatenated."""
@@ -98,62 +130,26 @@ class _Loader:
             return self._orders[key][position % count]
 
     def load(self, epoch, position):
-        """(ok, *fields): ok False (with zero fields) for an image that is skipped."""
+        """(ok, *fields in `spec` order, in its dtypes): ok False, with zeros, for a skipped image."""
         epoch, position = int(epoch), int(position)
         image_id = self.image_id(epoch, position)
         rng = (None if self.seed is None else np.random.RandomState(
             np.random.SeedSequence([self.seed, epoch, position]).generate_state(4)))
         plain = self.dataset.image_info[image_id]["source"] in self.no_augmentation_sources
-        try:
-            sample = _load_sample(self.dataset, self.config, image_id, self.anchors,
-                                  None if plain else self.augmentation, self.random_rois,
-                                  detection_targets=False, rng=rng)
-        except TrainingShapeError as e:
-            self.error = e
-            raise
-        except Exception as e:
-            logger.error("Error processing image %s; skipped.", _describe(self.dataset, image_id),
-                         exc_info=True)
-            with self._lock:
-                self._failures += 1
-                failures = self._failures
-            if failures > MAX_CONSECUTIVE_ERRORS:
-                e.add_note(f"training_dataset: {failures} images in a row failed to load; the "
-                           "last error is raised.")
-                self.error = e
-                raise
-            return self._skipped()
-        with self._lock:
-            self._failures = 0
-            self._empty = 0 if sample is not None else self._empty + 1
-            empty = self._empty
+        sample = self.rules.load(image_id, self.anchors, None if plain else self.augmentation,
+                                 self.random_rois, rng=rng)
         if sample is None:
-            logger.warning("Image %s has no instances; skipped.", _describe(self.dataset, image_id))
-            if empty >= 2 * len(self.image_ids):           # a whole shuffled pass had none
-                self.error = ValueError("training_dataset: no image of the dataset has instances "
-                                        "(check load_mask and the class ids).")
-                raise self.error
-            return self._skipped()
-        return (np.bool_(True), *self._fields(sample))
-
-    def _fields(self, sample):
-        image, meta, rpn_match, rpn_bbox, class_ids, boxes, masks, *rois = sample
-        class_ids, boxes, masks = _pad_instances(class_ids, boxes, masks,
-                                                 self.config.MAX_GT_INSTANCES)
-        values = [mold_image(image, self.config), meta, rpn_match[:, np.newaxis], rpn_bbox,
-                  class_ids, boxes, masks] + rois
-        return [np.asarray(v, dtype=dtype.as_numpy_dtype) for v, (_, dtype, _) in
-                zip(values, self.spec)]
-
-    def _skipped(self):
-        return (np.bool_(False), *(np.zeros(shape, dtype.as_numpy_dtype)
-                                   for _, dtype, shape in self.spec))
+            return (np.bool_(False), *(np.zeros(shape, dtype.as_numpy_dtype)
+                                       for _, dtype, shape in self.spec))
+        fields = _fields(sample, self.config, self.spec)
+        return (np.bool_(True), *(np.asarray(fields[name], dtype.as_numpy_dtype)
+                                  for name, dtype, _ in self.spec))
 
 
 def _pipeline(dataset, config, *, shuffle=True, augmentation=None, no_augmentation_sources=None,
               random_rois=0, steps=None, batch_size=None, workers=2, seed=None, epoch=0,
               input_context=None):
-    """`training_dataset`'s dataset and its `_Loader` (whose `error` train() re-raises)."""
+    """`training_dataset`'s dataset and its `_Loader` (whose `rules.error` train() re-raises)."""
     loader = _Loader(dataset, config, shuffle, augmentation, no_augmentation_sources,
                      random_rois, seed)
     batch_size = batch_size or config.BATCH_SIZE
@@ -226,6 +222,8 @@ def data_generator(dataset, config, shuffle=True, augment=False, augmentation=No
                    no_augmentation_sources=None):
     """Endless generator of training batches `(inputs, outputs)`, as matterport's.
 
+    A positional view of the named batch (`batch_spec`, `_collate`): inputs
+    are its fields in `batch_spec` order, outputs the TARGET_OUTPUTS.
     inputs: images [B, H, W, C] float32 (molded), image_meta [B, IMAGE_META_SIZE]
     float64, rpn_match [B, A, 1] int32, rpn_bbox [B, RPN_TRAIN_ANCHORS_PER_IMAGE, 4],
     gt_class_ids [B, MAX_GT_INSTANCES] int32, gt_boxes [B, MAX_GT_INSTANCES, 4]
@@ -234,19 +232,23 @@ def data_generator(dataset, config, shuffle=True, augment=False, augmentation=No
     `build_detection_targets` rois as an input and class ids [B, T, 1], deltas
     and masks as outputs (otherwise outputs is []).
 
-    The order is reshuffled after each pass when `shuffle`. Images without
+    The order is reshuffled after each pass when `shuffle`. Images are
+    skipped and errors raised by `ground_truth.SkipRules`: images without
     instances are skipped (the count is logged) unless their image_info has
-    "train_empty" (see `_load_sample`). An image that fails to load
-    is logged with its traceback and skipped; after more than
+    "train_empty" (see `_load_sample`); an image that fails to load is
+    logged with its traceback and skipped; after more than
     MAX_CONSECUTIVE_ERRORS failures in a row the error is raised (matterport
     counted all failures of the run and raised after six). Sources listed in
     `no_augmentation_sources` get neither `augmentation` nor `augment`.
     """
-    _check_dataset(dataset, config)
+    rules = SkipRules("data_generator", dataset, config)
+    spec = batch_spec(config, random_rois, detection_targets)
+    inputs = [name for name, _, _ in spec if name not in TARGET_OUTPUTS]
+    outputs = [name for name, _, _ in spec if name in TARGET_OUTPUTS]
     image_ids = np.copy(dataset.image_ids)
     no_augmentation_sources = no_augmentation_sources or []
     anchors = compute_anchors(config, config.IMAGE_SHAPE)
-    index, errors, skipped, empty_run = -1, 0, 0, 0
+    index = -1
     samples = []
     while True:
         index = (index + 1) % len(image_ids)
@@ -254,33 +256,12 @@ def data_generator(dataset, config, shuffle=True, augment=False, augmentation=No
             np.random.shuffle(image_ids)
         image_id = image_ids[index]
         plain = dataset.image_info[image_id]["source"] in no_augmentation_sources
-        try:
-            sample = _load_sample(dataset, config, image_id, anchors,
-                                  None if plain else augmentation, random_rois,
-                                  detection_targets, augment=augment and not plain)
-        except TrainingShapeError:
-            raise
-        except Exception as e:
-            errors += 1
-            logger.error("Error processing image %s; skipped.", _describe(dataset, image_id),
-                         exc_info=True)
-            if errors > MAX_CONSECUTIVE_ERRORS:
-                e.add_note(f"data_generator: {errors} images in a row failed to load; "
-                           "the last error is raised.")
-                raise
-            continue
-        errors = 0
+        sample = rules.load(image_id, anchors, None if plain else augmentation, random_rois,
+                            detection_targets, augment=augment and not plain)
         if sample is None:
-            skipped += 1
-            empty_run += 1
-            logger.warning("Image %s has no instances; skipped (%d skipped so far).",
-                           _describe(dataset, image_id), skipped)
-            if empty_run >= 2 * len(image_ids):  # a whole shuffled pass had none
-                raise ValueError("data_generator: no image of the dataset has instances "
-                                 "(check load_mask and the class ids).")
             continue
-        empty_run = 0
         samples.append(sample)
         if len(samples) == batch_size:
-            yield _collate(samples, config)
+            batch = _collate(samples, config, spec)
+            yield [batch[name] for name in inputs], [batch[name] for name in outputs]
             samples = []

@@ -28,6 +28,8 @@ without XLA. See benchmarks/README.md for the measurements behind the default.
 import keras
 import tensorflow as tf
 
+from mrcnn.mask_rcnn import inputs_in_order
+
 FEATURE_MAPS = ("fpn_p2", "fpn_p3", "fpn_p4", "fpn_p5")
 RPN_OUTPUTS = {"training": ("rpn_class_logits", "rpn_class", "rpn_bbox"),
                "inference": ("rpn_class", "rpn_bbox")}
@@ -44,8 +46,8 @@ class XlaSplit:
     def __init__(self, keras_model, mode):
         self.keras_model = keras_model
         cut = [keras_model.get_layer(name).output for name in FEATURE_MAPS + RPN_OUTPUTS[mode]]
-        self._input_names = [t._keras_history.operation.name for t in keras_model.inputs]
-        self.front = keras.Model(keras_model.inputs[0], cut, name="xla_front")
+        image = next(t for t in keras_model.inputs if t.name == "input_image")
+        self.front = keras.Model(image, cut, name="xla_front")
         # The back's outputs must not be its inputs (Keras would clone them), so the
         # RPN outputs that are also model outputs come from the front.
         self._from_front = [next((i for i, c in enumerate(cut) if c is t), None)
@@ -59,8 +61,8 @@ class XlaSplit:
 
     def __call__(self, inputs, training=False):
         if isinstance(inputs, dict):
-            inputs = [inputs[name] for name in self._input_names]
-        inputs = list(inputs)
-        cut = list(self._front_fn(inputs[0], training))
-        rest = iter(self.back(cut + inputs, training=training))
+            inputs = inputs_in_order(self.keras_model, inputs)
+        named = dict(zip((t.name for t in self.keras_model.inputs), inputs))
+        cut = list(self._front_fn(named["input_image"], training))
+        rest = iter(self.back(cut + list(inputs), training=training))
         return [next(rest) if i is None else cut[i] for i in self._from_front]

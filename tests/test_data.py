@@ -412,6 +412,8 @@ def test_generator_batches(config):
                 ((2, len(anchors), 1), np.int32), ((2, 64, 4), np.float64),
                 ((2, 10), np.int32), ((2, 10, 4), np.int32), ((2, 56, 56, 10), bool)]
     assert [(x.shape, x.dtype) for x in inputs] == expected
+    spec = pipeline.batch_spec(config)       # the named batch, in its order and shapes
+    assert [x.shape[1:] for x in inputs] == [shape for _, _, shape in spec]
     for b in range(2):
         image, meta, class_ids, boxes, masks = ground_truth.load_image_gt(ds, config, b)
         n = len(class_ids)
@@ -436,6 +438,10 @@ def test_generator_random_rois_and_detection_targets(config):
     assert outputs[2].shape == (2, 32, 28, 28, 3)
     assert np.all(outputs[0][:, :, 0] >= 0) and outputs[0].max() > 0
     assert np.all(np.isin(inputs[8].reshape(-1, 4), inputs[7].reshape(-1, 4)).all(axis=1))
+    spec = pipeline.batch_spec(config, 40, detection_targets=True)
+    names = [name for name, _, _ in spec]
+    assert names[7:9] == ["input_roi", "target_rois"] and tuple(names[9:]) == pipeline.TARGET_OUTPUTS
+    assert [x.shape[1:] for x in inputs + outputs] == [shape for _, _, shape in spec]
 
 
 def test_generator_skips_images_without_instances(config, caplog):
@@ -448,6 +454,28 @@ def test_generator_skips_images_without_instances(config, caplog):
     assert "(2 skipped so far)" in caplog.records[-1].getMessage()
     with pytest.raises(ValueError, match="no image of the dataset has instances"):
         next(pipeline.data_generator(ShapesDataset(count=2, shapes={0: [], 1: []}), config))
+
+
+def test_skip_rules_count_failures_in_a_row_and_keep_the_fatal_error(config, caplog):
+    """The rules both batching loops follow (`ground_truth.SkipRules`)."""
+    class EveryOtherBroken(ShapesDataset):
+        def load_image(self, image_id):
+            if image_id % 2:
+                raise OSError(f"cannot read image {image_id}")
+            return super().load_image(image_id)
+
+    anchors = geometry.compute_anchors(config, config.IMAGE_SHAPE)
+    rules = ground_truth.SkipRules("test", EveryOtherBroken(count=4), config)
+    with caplog.at_level(logging.ERROR, logger="mrcnn.ground_truth"):
+        loaded = [rules.load(i % 4, anchors, None, 0) for i in range(4 * ground_truth.MAX_CONSECUTIVE_ERRORS)]
+    assert [s is None for s in loaded] == [False, True] * (2 * ground_truth.MAX_CONSECUTIVE_ERRORS)
+    assert loaded[0].gt_class_ids.shape[0] == loaded[0].gt_boxes.shape[0] > 0 and rules.error is None
+    assert sum(r.levelno == logging.ERROR for r in caplog.records) == 2 * ground_truth.MAX_CONSECUTIVE_ERRORS
+    config.IMAGE_RESIZE_MODE = "pad64"
+    wrong = ground_truth.SkipRules("test", ShapesDataset(count=1, size=(128, 96)), config)
+    with pytest.raises(ground_truth.TrainingShapeError) as info:
+        wrong.load(0, anchors, None, 0)
+    assert wrong.error is info.value
 
 
 def test_generator_leaves_listed_sources_unaugmented(config):

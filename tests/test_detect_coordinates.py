@@ -48,7 +48,8 @@ def fake_network(detector, monkeypatch):
 
         def predict(inputs):
             calls.append([np.asarray(x) for x in inputs])
-            return [tf.constant(detections), None, None, tf.constant(masks)]
+            outputs = {"mrcnn_detection": tf.constant(detections), "mrcnn_mask": tf.constant(masks)}
+            return [outputs.get(name) for name in detector.keras_model.output_names]
         monkeypatch.setattr(detector, "_predict", predict)
         return calls
     return install

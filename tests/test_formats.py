@@ -546,7 +546,7 @@ def test_train_empty_images_are_trained_as_background(tmp_path, tiny_config):
         assert ground_truth._load_sample(ds, tiny_config, 0, anchors, None, 0, False) is not None
         sample = ground_truth._load_sample(ds, tiny_config, 1, anchors, None, 0, False)
         assert (sample is not None) == train_empty
-    rpn_match, gt_class_ids = sample[2], sample[4]
+    rpn_match, gt_class_ids = sample.rpn_match, sample.gt_class_ids
     assert gt_class_ids.shape == (0,) and not np.any(rpn_match == 1) and np.any(rpn_match == -1)
 
     # Every batch of two holds the background image: training stays finite (no NaN from zero GT).

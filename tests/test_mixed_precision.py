@@ -74,7 +74,7 @@ def test_half_precision_inside_float32_at_the_edges_and_policy_restored():
             assert layers[name].compute_dtype == "float32", (mode, name)
         assert {w.dtype for w in model.weights} == {"float32"}, mode
         assert {out.dtype for out in model.outputs} == {"float32"}, mode
-    outputs = dict(zip(models["inference"].output_names, models["inference"].outputs))
+    outputs = mask_rcnn.outputs_by_name(models["inference"], models["inference"].outputs)
     assert outputs["mrcnn_detection"].dtype == outputs["mrcnn_mask"].dtype == "float32"
 
 

@@ -9,6 +9,7 @@ import pytest
 import tensorflow as tf
 
 from mrcnn import geometry, ground_truth, image_meta, pipeline
+from mrcnn import mask_rcnn
 from mrcnn import model as modellib
 from samples.shapes.shapes import lite_backbone, lite_backbone_shapes
 from tests.conftest import SmallConfig
@@ -62,10 +63,11 @@ def test_batch_values_equal_the_numpy_loading_code(config):
     for row, image_id in enumerate((0, 1)):
         rng = np.random.RandomState(np.random.SeedSequence([5, 0, row]).generate_state(4))
         sample = ground_truth._load_sample(ds, config, image_id, anchors, hflip, 0, False, rng=rng)
-        inputs, _ = ground_truth._collate([sample], config)
-        for name, expected in zip(batch, inputs):
-            value = batch[name].numpy()[row]
-            np.testing.assert_array_equal(value, expected[0].astype(value.dtype), err_msg=name)
+        expected = pipeline._collate([sample], config, pipeline.batch_spec(config))
+        assert list(expected) == list(batch)
+        for name, value in batch.items():
+            value = value.numpy()[row]
+            np.testing.assert_array_equal(value, expected[name][0].astype(value.dtype), err_msg=name)
 
 
 def test_failed_images_are_skipped_and_repeated_failures_raise_the_real_error(config, caplog,
@@ -154,3 +156,28 @@ def test_fit_calls_train_step_with_the_named_inputs_and_no_targets(config):
     model.fit(dataset, epochs=2, steps_per_epoch=2, verbose=0, shuffle=False)
     assert len(seen) == 4
     assert all(x == sorted(inputs) and y is None and sw is None for x, y, sw in seen)
+
+
+@pytest.mark.parametrize("use_rpn_rois", [True, False])
+def test_batch_names_are_the_training_models_inputs_in_order(config, use_rpn_rois):
+    config.USE_RPN_ROIS = use_rpn_rois
+    model = mask_rcnn.build_training_model(config)
+    random_rois = 0 if use_rpn_rois else config.POST_NMS_ROIS_TRAINING
+    spec = pipeline.batch_spec(config, random_rois)
+    assert [name for name, _, _ in spec] == [t.name for t in model.inputs]
+    for (name, _, shape), t in zip(spec, model.inputs):
+        assert all(d is None or d == s for d, s in zip(t.shape[1:], shape)), name
+    named = {name: np.zeros((1,) + shape) for name, _, shape in spec}
+    assert [x is named[name] for x, (name, _, _) in
+            zip(mask_rcnn.inputs_in_order(model, named), spec)] == [True] * len(spec)
+    with pytest.raises(ValueError, match=r"\['input_gt_masks'\] are missing"):
+        mask_rcnn.inputs_in_order(model, {k: v for k, v in named.items() if k != "input_gt_masks"})
+
+
+def test_outputs_are_read_by_name():
+    x = keras.Input(shape=[3], name="x")
+    model = keras.Model(x, [keras.layers.Dense(1, name="first")(x),
+                            keras.layers.Identity(name="second")(x)])
+    assert mask_rcnn.outputs_by_name(model, ["a", "b"]) == {"first": "a", "second": "b"}
+    with pytest.raises(ValueError, match=r"has 2 outputs \['first', 'second'\], got 1 values"):
+        mask_rcnn.outputs_by_name(model, ["a"])
