@@ -121,7 +121,6 @@ def run_detect(backbone, size, batch, repeat, precision, xla):
 
 
 def run_train(size, batch, repeat, precision, xla):
-    import numpy as np
     from mrcnn import model as modellib
     from mrcnn.pipeline import training_dataset
     from samples.shapes.shapes import make_dataset

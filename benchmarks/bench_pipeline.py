@@ -87,8 +87,8 @@ def main():
                    "cpu_model": cpu_model(), "cpu_count": os.cpu_count()}
             rows.append(row)
             print(json.dumps(row), flush=True)
-    print(f"\n| config | workers | pipeline batches/s | step batches/s | ratio (target) | "
-          f"fit fed batches/s |\n|---|---|---|---|---|---|")
+    print("\n| config | workers | pipeline batches/s | step batches/s | ratio (target) | "
+          "fit fed batches/s |\n|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['config']} | {r['workers']} | {r['pipeline_batches_per_s']} | "
               f"{r['step_batches_per_s']} | {r['ratio']} (>= {r['target_ratio']}) | "

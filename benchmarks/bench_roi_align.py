@@ -81,7 +81,7 @@ def main():
         batch = next(iter(training_dataset(make_dataset(16, config, TRAIN_SEED), config, seed=0)))
         models[name] = (model.keras_model, batch)
     times = {name: [] for name in models}
-    for name, (keras_model, batch) in models.items():
+    for keras_model, batch in models.values():
         keras_model.train_on_batch(batch)  # trace
     for _ in range(args.repeat):
         for name, (keras_model, batch) in models.items():

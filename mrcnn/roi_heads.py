@@ -8,7 +8,8 @@ import tensorflow as tf
 
 from mrcnn.base_layers import BatchNorm, GraphLayer, LossLayer, bn_training, is_symbolic
 from mrcnn.config import DETECTION_CLASS_MODES
-from mrcnn.geometry import apply_box_deltas_graph, box_refinement_graph, clip_boxes_graph, norm_boxes_graph, overlaps_graph
+from mrcnn.geometry import (apply_box_deltas_graph, box_refinement_graph, clip_boxes_graph, norm_boxes_graph,
+                            overlaps_graph)
 from mrcnn.image_meta import parse_image_meta_graph
 from mrcnn.tf_ops import mean_or_zero, ranked_nms, smooth_l1_loss
 from mrcnn.roi_align import roi_align

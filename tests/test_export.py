@@ -29,7 +29,8 @@ def images():
     shapes = TinyShapes()
     shapes.load_shapes(2, seed=5, size=96)
     return {"shapes96": shapes.load_image(0),
-            "shapes300x200": utils.resize(shapes.load_image(1), (300, 200), order=0, preserve_range=True).astype(np.uint8),
+            "shapes300x200": utils.resize(shapes.load_image(1), (300, 200), order=0,
+                                          preserve_range=True).astype(np.uint8),
             "noise50x70": rng.integers(0, 256, (50, 70, 3), dtype=np.uint8),
             "noise128": rng.integers(0, 256, (128, 128, 3), dtype=np.uint8),
             "one_pixel": np.full((1, 1, 3), 200, np.uint8)}

@@ -101,7 +101,8 @@ def test_get_imagenet_weights_converts_once_into_the_keras_cache(converted):
 def test_weights_land_by_name_with_batchnorm_epsilon_folded_into_gamma(converted, keras_resnet):
     model = converted[0]
     km = model.keras_model
-    conv, ref = km.get_layer("res4w_branch2b").get_weights(), keras_resnet.get_layer("conv4_block23_2_conv").get_weights()
+    conv = km.get_layer("res4w_branch2b").get_weights()
+    ref = keras_resnet.get_layer("conv4_block23_2_conv").get_weights()
     assert all(np.array_equal(a, b) for a, b in zip(conv, ref))
     (g, b, m, v), (g0, b0, m0, v0) = (km.get_layer("bn3a_branch1").get_weights(),
                                       keras_resnet.get_layer("conv3_block1_0_bn").get_weights())

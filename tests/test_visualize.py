@@ -397,7 +397,7 @@ def test_display_table_prints_aligned_text_outside_ipython(capsys, monkeypatch):
 
 def test_display_table_sends_html_in_ipython(monkeypatch):
     IPython = pytest.importorskip("IPython")
-    import IPython.display
+    import IPython.display  # noqa: F811  (the submodule, so that it can be patched below)
     shown = []
     monkeypatch.setattr(IPython, "get_ipython", lambda: object())
     monkeypatch.setattr(IPython.display, "display", lambda obj, raw: shown.append((obj, raw)))
