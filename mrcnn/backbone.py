@@ -7,6 +7,10 @@ import numpy as np
 
 from mrcnn.base_layers import BatchNorm, bn_training
 
+__all__ = [
+    "identity_block", "conv_block", "resnet_graph", "compute_backbone_shapes",
+]
+
 
 def _bottleneck(input_tensor, kernel_size, filters, stage, block, strides,
                 shortcut, use_bias, train_bn):

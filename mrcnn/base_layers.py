@@ -5,6 +5,10 @@ from typing import ClassVar
 import keras
 import tensorflow as tf
 
+__all__ = [
+    "GraphLayer", "LossLayer", "is_symbolic", "BatchNorm", "bn_training",
+]
+
 
 class GraphLayer(keras.layers.Layer):
     """Base of the weightless custom layers.

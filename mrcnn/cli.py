@@ -27,6 +27,14 @@ import skimage.io
 
 from mrcnn.dataset import Dataset
 
+__all__ = [
+    "FORMATS", "IMAGE_EXTENSIONS", "COMPUTED", "WEIGHTS_HELP", "UsageError", "config_class",
+    "parse_overrides", "ConfigSettings", "config_settings", "make_config", "load_dataset",
+    "coco_weights_path", "trained_weights", "classes_in_weights", "load_detector",
+    "train_command", "evaluate_command", "ImageFiles", "detect_command", "export_command",
+    "positive_int", "build_parser", "main",
+]
+
 FORMATS = ("coco", "via", "labelme", "masks")
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff")
 COMPUTED = ("BATCH_SIZE", "IMAGE_SHAPE", "IMAGE_META_SIZE")

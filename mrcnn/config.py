@@ -20,6 +20,11 @@ import numpy as np
 
 from mrcnn.image_meta import meta_size
 
+__all__ = [
+    "RESIZE_MODES", "BACKBONES", "OPTIMIZERS", "DETECTION_CLASS_MODES", "PRECISIONS",
+    "LOSS_NAMES", "Config",
+]
+
 RESIZE_MODES = ("none", "square", "pad64", "crop")
 BACKBONES = ("resnet50", "resnet101")
 OPTIMIZERS = ("sgd", "adam")

@@ -21,6 +21,10 @@ import skimage.io
 
 from mrcnn.images import to_rgb_uint8
 
+__all__ = [
+    "Dataset",
+]
+
 
 class Dataset:
     """Registry of classes and images from one or more sources.

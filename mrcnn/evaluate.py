@@ -39,8 +39,15 @@ from pycocotools.cocoeval import COCOeval
 from tqdm import tqdm
 
 from mrcnn import utils
-from mrcnn.model import inference_config, inference_model  # noqa: F401 (inference_config: re-exported)
+from mrcnn.model import inference_config, inference_model
 from mrcnn.weights import copy_weights_by_name
+
+__all__ = [
+    "inference_config", "inference_model", "COCO_METRICS", "IOU_TYPES", "category_ids",
+    "coco_image_ids", "ground_truth", "encode_masks", "to_coco_results", "save_results",
+    "coco_ground_truth", "coco_metrics", "mean_ap", "mean_ap_range", "score_detections",
+    "detection_settings", "format_metrics", "detect_dataset", "evaluate", "EvaluationCallback",
+]
 
 # COCOeval.stats, in its order: AP at IoU .5:.95, .5, .75, for small, medium,
 # large objects; AR with 1, 10, 100 detections per image, small, medium, large.

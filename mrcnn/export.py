@@ -37,6 +37,10 @@ from mrcnn.geometry import normalized_anchors, unmold_boxes_graph
 from mrcnn.image_meta import compose_image_meta_graph
 from mrcnn.mask_rcnn import inputs_in_order, outputs_by_name
 
+__all__ = [
+    "resize_like_skimage", "ServingModule", "export_saved_model",
+]
+
 
 def _axis_weights(out_size, in_size):
     """For each output position along one axis: the index of its first source

@@ -5,6 +5,10 @@ import tempfile
 import urllib.error
 import urllib.request
 
+__all__ = [
+    "COCO_MODEL_URL", "apply_umask", "download_file", "download_trained_weights",
+]
+
 
 # Matterport's released COCO weights.
 COCO_MODEL_URL = "https://github.com/matterport/Mask_RCNN/releases/download/v2.0/mask_rcnn_coco.h5"

@@ -13,6 +13,14 @@ import tensorflow as tf
 
 from mrcnn.backbone import compute_backbone_shapes
 
+__all__ = [
+    "compute_iou", "compute_overlaps", "apply_box_deltas", "box_deltas", "box_refinement",
+    "generate_anchors", "generate_pyramid_anchors", "norm_boxes", "denorm_boxes",
+    "unmold_boxes", "apply_box_deltas_graph", "clip_boxes_graph", "box_refinement_graph",
+    "norm_boxes_graph", "denorm_boxes_graph", "unmold_boxes_graph", "overlaps_graph",
+    "anchor_params", "compute_anchors", "normalized_anchors",
+]
+
 
 def compute_iou(box, boxes, box_area, boxes_area):
     """IoU of one box with each of `boxes`, given their precomputed areas."""

@@ -19,7 +19,12 @@ import numpy as np
 from mrcnn import utils
 from mrcnn.image_meta import compose_image_meta
 from mrcnn.images import to_channels
-from mrcnn.targets import _rng, build_detection_targets, build_rpn_targets, generate_random_rois
+from mrcnn.targets import random_source, build_detection_targets, build_rpn_targets, generate_random_rois
+
+__all__ = [
+    "MASK_AUGMENTERS", "TrainingShapeError", "MAX_CONSECUTIVE_ERRORS", "load_image_gt",
+    "Sample", "pad_instances", "SkipRules",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -92,7 +97,7 @@ def load_image_gt(dataset, config, image_id, augmentation=None, use_mini_mask=No
         warnings.warn("load_image_gt: 'augment' is deprecated; use 'augmentation', e.g. "
                       "lambda image, masks: (image[:, ::-1], masks[:, ::-1]).", FutureWarning,
                       stacklevel=2)
-        if _rng(rng).randint(2):
+        if random_source(rng).randint(2):
             image, mask = np.fliplr(image), np.fliplr(mask)
     if augmentation is not None:
         image, mask = _augment(image, mask, augmentation, image_id, rng)
@@ -274,14 +279,14 @@ def _load_sample(dataset, config, image_id, anchors, augmentation, random_rois,
                              build_detection_targets(extra["rois"], gt_class_ids, gt_boxes,
                                                      gt_masks, config)))
     if gt_boxes.shape[0] > config.MAX_GT_INSTANCES:
-        ids = _rng(rng).choice(np.arange(gt_boxes.shape[0]), config.MAX_GT_INSTANCES,
+        ids = random_source(rng).choice(np.arange(gt_boxes.shape[0]), config.MAX_GT_INSTANCES,
                                replace=False)
         gt_class_ids, gt_boxes, gt_masks = gt_class_ids[ids], gt_boxes[ids], gt_masks[:, :, ids]
     return Sample(image, image_meta, rpn_match, rpn_bbox, gt_class_ids, gt_boxes, gt_masks,
                   **extra)
 
 
-def _pad_instances(class_ids, boxes, masks, max_gt):
+def pad_instances(class_ids, boxes, masks, max_gt):
     """One image's instances zero padded to `max_gt`: class ids [G] int32, boxes [G, 4] int32,
     masks [h, w, G] bool."""
     count = class_ids.shape[0]

@@ -9,6 +9,11 @@ only by `compose_image_meta_graph`, so `mrcnn.config` stays light.
 
 import numpy as np
 
+__all__ = [
+    "META_FIELDS", "meta_size", "compose_image_meta", "parse_image_meta",
+    "compose_image_meta_graph", "parse_image_meta_graph",
+]
+
 # (name, length, numpy dtype `parse_image_meta` returns), in order. The last
 # field has one 0/1 flag per class (length None: NUM_CLASSES).
 META_FIELDS = (

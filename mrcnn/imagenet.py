@@ -43,6 +43,12 @@ from mrcnn import files
 from mrcnn.backbone import resnet_graph
 from mrcnn.weights import Keras2File, save_weights_by_name
 
+__all__ = [
+    "RESNET50_IMAGENET_URL", "RESNET101_IMAGENET_URL", "KERAS_APPLICATIONS_BN_EPSILON",
+    "matterport_name", "backbone_model", "convert_keras_applications_resnet",
+    "imagenet_weights",
+]
+
 RESNET50_IMAGENET_URL = ("https://github.com/fchollet/deep-learning-models/releases/download/v0.2/"
                          "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5")
 # keras.applications.ResNet101(weights="imagenet", include_top=False) downloads this file.

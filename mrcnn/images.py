@@ -2,6 +2,10 @@
 
 import numpy as np
 
+__all__ = [
+    "LUMA_WEIGHTS", "to_channels", "to_rgb_uint8", "mold_image", "unmold_image",
+]
+
 
 # ITU-R BT.601 luma weights: gray = 0.299 R + 0.587 G + 0.114 B.
 LUMA_WEIGHTS = np.array([0.299, 0.587, 0.114])

@@ -41,6 +41,11 @@ from mrcnn.roi_heads import (DetectionBoxes, DetectionClassIds, DetectionLayer,
                              build_fpn_mask_graph, fpn_classifier_graph)
 from mrcnn.rpn import AnchorsLayer, ProposalLayer, RpnBboxLoss, RpnClassLoss, build_rpn_model
 
+__all__ = [
+    "NormBoxes", "build_training_model", "build_inference_model", "TrainingModel",
+    "inputs_in_order", "outputs_by_name",
+]
+
 
 @keras.saving.register_keras_serializable(package="mrcnn")
 class NormBoxes(GraphLayer):

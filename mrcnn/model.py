@@ -20,25 +20,38 @@ import numpy as np
 import tensorflow as tf
 
 from mrcnn import utils
-from mrcnn.backbone import compute_backbone_shapes, resnet_graph  # noqa: F401
-from mrcnn.base_layers import BatchNorm  # noqa: F401
+from mrcnn.backbone import compute_backbone_shapes, resnet_graph
+from mrcnn.base_layers import BatchNorm
 from mrcnn.export import export_saved_model
 from mrcnn.geometry import normalized_anchors, unmold_boxes
-from mrcnn.ground_truth import load_image_gt  # noqa: F401
-from mrcnn.image_meta import compose_image_meta, parse_image_meta, parse_image_meta_graph  # noqa: F401
-from mrcnn.imagenet import RESNET50_IMAGENET_URL, RESNET101_IMAGENET_URL, imagenet_weights  # noqa: F401
-from mrcnn.images import mold_image, to_channels, unmold_image  # noqa: F401
+from mrcnn.ground_truth import load_image_gt
+from mrcnn.image_meta import compose_image_meta, parse_image_meta, parse_image_meta_graph
+from mrcnn.imagenet import RESNET50_IMAGENET_URL, RESNET101_IMAGENET_URL, imagenet_weights
+from mrcnn.images import mold_image, to_channels, unmold_image
 from mrcnn.mask_rcnn import (build_inference_model, build_training_model, inputs_in_order,
                              outputs_by_name)
-from mrcnn.pipeline import _pipeline, data_generator  # noqa: F401
-from mrcnn.roi_heads import (  # noqa: F401
+from mrcnn.pipeline import build_pipeline, data_generator
+from mrcnn.roi_heads import (
     DetectionLayer, DetectionTargetLayer, PyramidROIAlign, build_fpn_mask_graph,
     fpn_classifier_graph, mrcnn_bbox_loss_graph, mrcnn_class_loss_graph, mrcnn_mask_loss_graph)
-from mrcnn.rpn import (  # noqa: F401
+from mrcnn.rpn import (
     ProposalLayer, build_rpn_model, rpn_bbox_loss_graph, rpn_class_loss_graph)
-from mrcnn.targets import build_detection_targets, build_rpn_targets, generate_random_rois  # noqa: F401
+from mrcnn.targets import build_detection_targets, build_rpn_targets, generate_random_rois
 from mrcnn.weights import copy_weights_by_name, keras2_layout, load_weights_by_name, save_weights_by_name
 from mrcnn.xla import XlaSplit
+
+__all__ = [
+    "compute_backbone_shapes", "resnet_graph", "BatchNorm", "load_image_gt",
+    "compose_image_meta", "parse_image_meta", "parse_image_meta_graph", "RESNET50_IMAGENET_URL",
+    "RESNET101_IMAGENET_URL", "imagenet_weights", "mold_image", "unmold_image",
+    "data_generator", "DetectionLayer", "DetectionTargetLayer",
+    "PyramidROIAlign", "build_fpn_mask_graph", "fpn_classifier_graph", "mrcnn_bbox_loss_graph",
+    "mrcnn_class_loss_graph", "mrcnn_mask_loss_graph", "ProposalLayer", "build_rpn_model",
+    "rpn_bbox_loss_graph", "rpn_class_loss_graph", "build_detection_targets",
+    "build_rpn_targets", "generate_random_rois", "LAYER_PRESETS", "log", "TrainingDiverged",
+    "MaskRCNN", "inference_config", "inference_model", "make_optimizer", "run_name",
+    "last_checkpoint",
+]
 
 # train(layers=...) presets: regular expressions over layer names.
 LAYER_PRESETS = {
@@ -314,8 +327,8 @@ class MaskRCNN:
             if isinstance(data, tf.data.Dataset):
                 return data
             if hasattr(data, "image_info"):
-                dataset, loader = _pipeline(data, config, shuffle=True, random_rois=random_rois,
-                                            workers=workers, epoch=self.epoch, **kwargs)
+                dataset, loader = build_pipeline(data, config, shuffle=True, random_rois=random_rois,
+                                                 workers=workers, epoch=self.epoch, **kwargs)
                 loaders.append(loader)
                 return dataset
             if callable(data):

@@ -25,8 +25,13 @@ import numpy as np
 import tensorflow as tf
 
 from mrcnn.geometry import compute_anchors
-from mrcnn.ground_truth import SkipRules, _pad_instances
+from mrcnn.ground_truth import SkipRules, pad_instances
 from mrcnn.images import mold_image
+
+__all__ = [
+    "PREFETCH_BATCHES", "TARGET_OUTPUTS", "batch_spec", "build_pipeline", "training_dataset",
+    "dataset_fn", "data_generator",
+]
 
 # Batches prepared ahead of the step that consumes them.
 PREFETCH_BATCHES = 2
@@ -71,7 +76,7 @@ def batch_spec(config, random_rois=0, detection_targets=False):
 def _fields(sample, config, spec):
     """One `ground_truth.Sample` as `spec`'s fields {name: array}, in its order: the image
     molded, the instances padded to MAX_GT_INSTANCES, in matterport's numpy dtypes."""
-    class_ids, boxes, masks = _pad_instances(sample.gt_class_ids, sample.gt_boxes,
+    class_ids, boxes, masks = pad_instances(sample.gt_class_ids, sample.gt_boxes,
                                              sample.gt_masks, config.MAX_GT_INSTANCES)
     values = {"input_image": mold_image(sample.image, config).astype(np.float32),
               "input_image_meta": sample.image_meta.astype(np.float64),
@@ -146,9 +151,9 @@ class _Loader:
                                   for name, dtype, _ in self.spec))
 
 
-def _pipeline(dataset, config, *, shuffle=True, augmentation=None, no_augmentation_sources=None,
-              random_rois=0, steps=None, batch_size=None, workers=2, seed=None, epoch=0,
-              input_context=None):
+def build_pipeline(dataset, config, *, shuffle=True, augmentation=None, no_augmentation_sources=None,
+                   random_rois=0, steps=None, batch_size=None, workers=2, seed=None, epoch=0,
+                   input_context=None):
     """`training_dataset`'s dataset and its `_Loader` (whose `rules.error` train() re-raises)."""
     loader = _Loader(dataset, config, shuffle, augmentation, no_augmentation_sources,
                      random_rois, seed)
@@ -204,10 +209,10 @@ def training_dataset(dataset, config, *, shuffle=True, augmentation=None,
     MAX_CONSECUTIVE_ERRORS failures in a row, an image of the wrong size, or a
     dataset with no instances at all stop the pipeline with that error.
     """
-    return _pipeline(dataset, config, shuffle=shuffle, augmentation=augmentation,
-                     no_augmentation_sources=no_augmentation_sources, random_rois=random_rois,
-                     steps=steps, batch_size=batch_size, workers=workers, seed=seed, epoch=epoch,
-                     input_context=input_context)[0]
+    return build_pipeline(dataset, config, shuffle=shuffle, augmentation=augmentation,
+                          no_augmentation_sources=no_augmentation_sources, random_rois=random_rois,
+                          steps=steps, batch_size=batch_size, workers=workers, seed=seed, epoch=epoch,
+                          input_context=input_context)[0]
 
 
 def dataset_fn(dataset, config, **kwargs):

@@ -21,6 +21,10 @@ With sampling_ratio r > 1 the r x r samples of each output bin are averaged.
 
 import tensorflow as tf
 
+__all__ = [
+    "BORDER_TOLERANCE", "roi_align",
+]
+
 # Pixels beyond the map's edge that still count as on it (aligned=False): far
 # above float32 rounding of sample positions (~1e-5 px on a 1024-px map), far
 # below any real overhang.

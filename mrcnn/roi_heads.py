@@ -14,6 +14,13 @@ from mrcnn.image_meta import parse_image_meta_graph
 from mrcnn.tf_ops import mean_or_zero, ranked_nms, smooth_l1_loss
 from mrcnn.roi_align import roi_align
 
+__all__ = [
+    "PyramidROIAlign", "RoIDistributed", "UsedRows", "fpn_classifier_graph",
+    "build_fpn_mask_graph", "DetectionTargetLayer", "DetectionLayer", "DetectionBoxes",
+    "DetectionClassIds", "LeadingRows", "mrcnn_class_loss_graph", "mrcnn_bbox_loss_graph",
+    "mrcnn_mask_loss_graph", "MrcnnClassLoss", "MrcnnBboxLoss", "MrcnnMaskLoss",
+]
+
 
 def _static_or_dynamic_shape(x):
     """x's shape as a list: static dims as ints, unknown ones as scalar tensors."""

@@ -10,6 +10,11 @@ from mrcnn.base_layers import GraphLayer, LossLayer
 from mrcnn.geometry import anchor_params, apply_box_deltas_graph, clip_boxes_graph, normalized_anchors
 from mrcnn.tf_ops import batch_pack_graph, mean_or_zero, ranked_nms, smooth_l1_loss
 
+__all__ = [
+    "rpn_graph", "build_rpn_model", "ProposalLayer", "AnchorsLayer", "rpn_class_loss_graph",
+    "rpn_bbox_loss_graph", "RpnClassLoss", "RpnBboxLoss",
+]
+
 
 def rpn_graph(feature_map, anchors_per_location, anchor_stride):
     """RPN head on one feature map [batch, H, W, depth].

@@ -11,8 +11,12 @@ from mrcnn import utils
 from mrcnn.backbone import compute_backbone_shapes
 from mrcnn.geometry import box_deltas, compute_anchors
 
+__all__ = [
+    "random_source", "build_rpn_targets", "generate_random_rois", "build_detection_targets",
+]
 
-def _rng(rng):
+
+def random_source(rng):
     """The source of random draws: `rng`, or the global np.random (matterport's) when None."""
     return np.random if rng is None else rng
 
@@ -62,11 +66,11 @@ def build_rpn_targets(image_shape, anchors, gt_class_ids, gt_boxes, config, rng=
     ids = np.where(rpn_match == 1)[0]
     extra = len(ids) - config.RPN_TRAIN_ANCHORS_PER_IMAGE // 2
     if extra > 0:
-        rpn_match[_rng(rng).choice(ids, extra, replace=False)] = 0
+        rpn_match[random_source(rng).choice(ids, extra, replace=False)] = 0
     ids = np.where(rpn_match == -1)[0]
     extra = len(ids) - (config.RPN_TRAIN_ANCHORS_PER_IMAGE - np.sum(rpn_match == 1))
     if extra > 0:
-        rpn_match[_rng(rng).choice(ids, extra, replace=False)] = 0
+        rpn_match[random_source(rng).choice(ids, extra, replace=False)] = 0
 
     # Deltas from each positive anchor to its closest GT box, in float64 (the
     # anchors' dtype) like matterport, not with the float32 utils.box_refinement.
@@ -286,8 +290,8 @@ def generate_random_rois(image_shape, count, gt_class_ids, gt_boxes, rng=None):
 def _random_boxes(y_lo, y_hi, x_lo, x_hi, n, rng=None):
     """n boxes with corners drawn in [lo, hi), zero-size draws rejected (matterport's sampling)."""
     while True:
-        ys = _rng(rng).randint(y_lo, y_hi, (n * 2, 2))
-        xs = _rng(rng).randint(x_lo, x_hi, (n * 2, 2))
+        ys = random_source(rng).randint(y_lo, y_hi, (n * 2, 2))
+        xs = random_source(rng).randint(x_lo, x_hi, (n * 2, 2))
         ys = ys[ys[:, 0] != ys[:, 1]][:n]
         xs = xs[xs[:, 0] != xs[:, 1]][:n]
         if ys.shape[0] == n and xs.shape[0] == n:

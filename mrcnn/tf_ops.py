@@ -6,6 +6,11 @@ Keras symbolic tensors.
 
 import tensorflow as tf
 
+__all__ = [
+    "trim_zeros_graph", "batch_pack_graph", "smooth_l1_loss", "mean_or_zero", "ranked_nms",
+    "batch_slice",
+]
+
 
 def trim_zeros_graph(boxes, name="trim_zeros"):
     """Drop all-zero (padding) rows of boxes [N, 4]; also return the row mask."""

@@ -16,12 +16,21 @@ import scipy.ndimage
 import skimage.transform
 
 # matterport's utils held these too; they live where they belong and stay importable from here.
-from mrcnn.dataset import Dataset  # noqa: F401
-from mrcnn.files import COCO_MODEL_URL, download_trained_weights  # noqa: F401
-from mrcnn.geometry import (  # noqa: F401
+from mrcnn.dataset import Dataset
+from mrcnn.files import COCO_MODEL_URL, download_trained_weights
+from mrcnn.geometry import (
     apply_box_deltas, box_refinement, compute_iou, compute_overlaps, denorm_boxes,
     generate_anchors, generate_pyramid_anchors, norm_boxes)
-from mrcnn.tf_ops import batch_slice  # noqa: F401
+from mrcnn.tf_ops import batch_slice
+
+__all__ = [
+    "Dataset", "COCO_MODEL_URL", "download_trained_weights", "apply_box_deltas",
+    "box_refinement", "compute_iou", "compute_overlaps", "denorm_boxes", "generate_anchors",
+    "generate_pyramid_anchors", "norm_boxes", "batch_slice", "extract_bboxes",
+    "compute_overlaps_masks", "non_max_suppression", "resize", "resize_image", "resize_mask",
+    "minimize_mask", "expand_mask", "unmold_mask", "trim_zeros", "compute_matches",
+    "compute_ap", "compute_ap_range", "compute_recall",
+]
 
 ############################################################
 #  Bounding boxes

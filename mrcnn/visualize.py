@@ -38,6 +38,12 @@ from skimage.measure import find_contours
 
 from mrcnn import utils
 
+__all__ = [
+    "display_images", "random_colors", "apply_mask", "display_instances", "display_differences",
+    "draw_rois", "draw_box", "display_top_masks", "plot_precision_recall", "plot_overlaps",
+    "draw_boxes", "display_table", "display_weight_stats",
+]
+
 try:  # matplotlib >= 3.9
     from matplotlib.backends import BackendFilter, backend_registry
     _NON_INTERACTIVE_BACKENDS = frozenset(backend_registry.list_builtin(BackendFilter.NON_INTERACTIVE))

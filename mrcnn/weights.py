@@ -27,6 +27,12 @@ import numpy as np
 
 from mrcnn import files
 
+__all__ = [
+    "EXCLUDE_PRESETS", "KERAS2_VERSION", "HDF5_ATTR_LIMIT", "LAYOUT_HELP", "LoadReport",
+    "Keras2File", "keras2_layout", "model_layers", "adapt_input_kernel", "load_weights_by_name",
+    "copy_weights_by_name", "save_weights_by_name",
+]
+
 # `exclude` presets: "heads_for_new_classes" drops the layers whose shapes
 # depend on NUM_CLASSES, as matterport's README does for fine-tuning.
 EXCLUDE_PRESETS = {

@@ -30,6 +30,10 @@ import tensorflow as tf
 
 from mrcnn.mask_rcnn import inputs_in_order
 
+__all__ = [
+    "FEATURE_MAPS", "RPN_OUTPUTS", "XlaSplit",
+]
+
 FEATURE_MAPS = ("fpn_p2", "fpn_p3", "fpn_p4", "fpn_p5")
 RPN_OUTPUTS = {"training": ("rpn_class_logits", "rpn_class", "rpn_bbox"),
                "inference": ("rpn_class", "rpn_bbox")}

@@ -17,6 +17,10 @@ from pycocotools.coco import COCO
 
 from mrcnn.formats import common
 
+__all__ = [
+    "DEFAULT_DATASET_YEAR", "CocoDataset",
+]
+
 DEFAULT_DATASET_YEAR = "2014"
 
 

@@ -24,6 +24,14 @@ import skimage.io
 
 from mrcnn import utils
 
+__all__ = [
+    "ON_ERROR", "POLYGON", "OUTSIDE", "CATEGORY", "MISSING_IMAGE", "SHAPE", "SEGMENTATION",
+    "MASK", "IMAGE", "FILE", "Problem", "AnnotationError", "Loading", "FormatDataset",
+    "rectangle", "shape_extent", "check_shape", "check_box", "is_number", "shape_mask",
+    "shapes_mask", "read_json", "guess_format", "wrong_format", "resolve", "image_size",
+    "decode_image",
+]
+
 ON_ERROR = ("skip", "raise")
 
 # Problem kinds (Problem.kind).

@@ -14,6 +14,10 @@ import os
 from mrcnn.images import to_rgb_uint8
 from mrcnn.formats import common
 
+__all__ = [
+    "LabelmeDataset",
+]
+
 
 class LabelmeDataset(common.FormatDataset):
     """Images and shape masks of a labelme folder; masks are drawn on demand."""

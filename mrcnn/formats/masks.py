@@ -16,6 +16,10 @@ import skimage.io
 
 from mrcnn.formats import common
 
+__all__ = [
+    "MASK_EXTENSIONS", "MaskFolderDataset", "sample_names",
+]
+
 MASK_EXTENSIONS = (".png", ".tif", ".tiff", ".bmp")  # lossless formats only
 
 

@@ -11,6 +11,10 @@ import os
 
 from mrcnn.formats import common
 
+__all__ = [
+    "ViaDataset",
+]
+
 
 class ViaDataset(common.FormatDataset):
     """Images and region masks of a VIA annotation file; masks are drawn on demand."""
