@@ -186,7 +186,7 @@ class Config:
     # "mixed_bfloat16" (TPUs, recent GPUs, CPUs with bf16 units). Layers compute
     # in half precision and keep float32 weights, so weight files are the same
     # either way; scores, masks, losses and box arithmetic stay float32 (see
-    # mrcnn.graph). Applied when the model is built.
+    # mrcnn.mask_rcnn). Applied when the model is built.
     MIXED_PRECISION = None
 
     # True: detect() and training run the backbone, FPN and RPN head (the part

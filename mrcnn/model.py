@@ -1,12 +1,10 @@
 """Mask R-CNN: the public façade users import (`from mrcnn import model as modellib`).
 
 `MaskRCNN` wraps the Keras training or inference model and offers matterport's
-methods (train, detect, load_weights, find_last, ...). The stages live in
-their own modules and are re-exported here under matterport's names:
-backbone.py (ResNet, BatchNorm), rpn.py (RPN, proposals, RPN losses),
-roi_heads.py (targets, RoIAlign, heads, detections, head losses), graph.py
-(whole models and the training step), data.py (targets and batches),
-weights.py (HDF5 weight files by layer name).
+methods (train, detect, load_weights, find_last, ...), and `inference_model`
+builds a detector from a training model or a config. The stages live in their
+own modules (docs/architecture.md maps them) and are re-exported here under
+matterport's names (`__all__`).
 """
 
 import copy

@@ -459,7 +459,7 @@ class DetectionLayer(GraphLayer):
     are scored and NMS sees those of one class at a time.
 
     The NMS is one tf.image.combined_non_max_suppression over all (image,
-    class) pairs (graph_utils' ranked_nms), scored with each candidate's rank
+    class) pairs (tf_ops' ranked_nms), scored with each candidate's rank
     in that order: the same as a tf.image.non_max_suppression per image and
     class, ties included (N x (classes - 1) < 2**24).
 

@@ -54,7 +54,7 @@ class ProposalLayer(GraphLayer):
 
     Keeps the PRE_NMS_LIMIT best-scoring anchors, applies their deltas (times
     RPN_BBOX_STD_DEV), clips to [0, 0, 1, 1], runs NMS at `nms_threshold` and
-    zero-pads to `proposal_count`: one NMS op for the batch (graph_utils'
+    zero-pads to `proposal_count`: one NMS op for the batch (tf_ops'
     ranked_nms), giving per image what tf.image.non_max_suppression gives,
     ties in score included (to the lower anchor index), as in matterport.
 

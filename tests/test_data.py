@@ -1,4 +1,4 @@
-"""mrcnn.data: ground truth loading, augmentation, RPN/head targets, generator and PyDataset."""
+"""mrcnn.ground_truth, mrcnn.targets and data_generator: ground truth, augmentation, targets, batches."""
 
 import logging
 import sys

@@ -9,6 +9,7 @@ import tensorflow as tf
 
 from mrcnn import model as modellib
 from mrcnn.config import Config
+from mrcnn.image_meta import compose_image_meta
 from mrcnn.roi_align import roi_align
 from mrcnn.roi_heads import DetectionTargetLayer, PyramidROIAlign
 from samples.shapes.shapes import lite_backbone, lite_backbone_shapes
@@ -186,8 +187,8 @@ def test_pyramid_roi_align_border_boxes_have_no_zero_lines():
     boxes = _random_boxes(rng, 64)
     boxes[:, 2] = 1.0
     maps = [rng.random((1, s, s, 4)).astype(np.float32) + 0.1 for s in (32, 16, 8, 4)]
-    meta = np.zeros((1, 16), np.float32)
-    meta[0, 4:7] = (128, 128, 3)
+    meta = compose_image_meta(0, (128, 128, 3), (128, 128, 3), (0, 0, 128, 128), 1.0,
+                              np.zeros(4))[None].astype(np.float32)
     pooled = PyramidROIAlign([7, 7])([boxes[None], meta] + maps).numpy()[0]
     assert not _has_zero_line(pooled).any()
 

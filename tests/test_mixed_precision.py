@@ -14,7 +14,7 @@ from mrcnn.weights import save_weights_by_name
 from samples.shapes.shapes import lite_backbone, lite_backbone_shapes
 from tests.conftest import TinyConfig, TinyShapes
 
-# Layers that must compute in float32 whatever the policy (see mrcnn.graph's docstring).
+# Layers that must compute in float32 whatever the policy (see mrcnn.mask_rcnn's docstring).
 FLOAT32_LAYERS = ("rpn_class_raw", "rpn_bbox_pred", "rpn_class", "rpn_bbox",
                   "mrcnn_class_logits", "mrcnn_class", "mrcnn_bbox_fc", "mrcnn_bbox", "mrcnn_mask",
                   "ROI", "roi_align_classifier", "roi_align_mask")

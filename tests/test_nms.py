@@ -9,7 +9,7 @@ import pytest
 import tensorflow as tf
 
 from mrcnn.geometry import apply_box_deltas_graph, clip_boxes_graph, norm_boxes_graph
-from mrcnn.image_meta import parse_image_meta_graph
+from mrcnn.image_meta import meta_size, parse_image_meta_graph
 from mrcnn.tf_ops import ranked_nms
 from mrcnn.roi_heads import DetectionLayer
 from mrcnn.rpn import ProposalLayer
@@ -254,7 +254,7 @@ def test_too_many_candidates_for_exact_keys_is_an_error():
     with pytest.raises(ValueError, match="rank keys"):
         tf.function(lambda *x: layer(list(x))).get_concrete_function(
             tf.TensorSpec(shape[:2] + [4]), tf.TensorSpec(shape), tf.TensorSpec(shape + [4]),
-            tf.TensorSpec([1, 12 + shape[2]]))
+            tf.TensorSpec([1, meta_size(shape[2])]))
 
 
 # --------------------------------------------------------------------------- the helper

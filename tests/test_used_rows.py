@@ -8,6 +8,7 @@ import pytest
 import tensorflow as tf
 
 from mrcnn import mask_rcnn
+from mrcnn.image_meta import meta_size
 from mrcnn.roi_heads import (DetectionClassIds, DetectionTargetLayer, LeadingRows,
                              build_fpn_mask_graph, mrcnn_mask_loss_graph)
 from tests.conftest import TinyConfig
@@ -21,7 +22,7 @@ def mask_head(used_rows=False):
     """The mask head as a model of (rois, meta, P2..P5[, row ids]), frozen BatchNorm with random
     statistics; with used_rows its convolutions run on the rows whose id is > 0."""
     rois = keras.Input([None, 4])
-    meta = keras.Input([12 + CLASSES])
+    meta = keras.Input([meta_size(CLASSES)])
     maps = [keras.Input([s, s, CHANNELS]) for s in FEATURE_SIZES]
     row_ids = [keras.Input([None], dtype="int32")] if used_rows else []
     masks = build_fpn_mask_graph(rois, maps, meta, POOL, CLASSES, train_bn=False,
