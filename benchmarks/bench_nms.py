@@ -30,11 +30,12 @@ from bench_model import cpu_model  # noqa: E402  (stdlib only; this folder is on
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from mrcnn.geometry import (anchor_params, apply_box_deltas_graph, clip_boxes_graph,  # noqa: E402
-                            norm_boxes_graph, normalized_anchors)
-from mrcnn.image_meta import compose_image_meta, parse_image_meta_graph  # noqa: E402
+from mrcnn.geometry import anchor_params, normalized_anchors  # noqa: E402
+from mrcnn.image_meta import compose_image_meta  # noqa: E402
 from mrcnn.roi_heads import DetectionLayer  # noqa: E402
 from mrcnn.rpn import ProposalLayer  # noqa: E402
+# The former implementations (commit a189d66), which the tests hold the layers equal to.
+from tests.test_nms import reference_detections, reference_proposals  # noqa: E402
 
 STD = [0.1, 0.1, 0.2, 0.2]
 PROPOSALS = [  # name, batch, image size, anchor scales, proposal_count
@@ -46,67 +47,6 @@ DETECTIONS = [  # name, batch, RoIs, NUM_CLASSES
     ("coco_1x1000x81", 1, 1000, 81),
     ("shapes_8x1000x4", 8, 1000, 4),
 ]
-
-
-# The former implementations (commit a189d66), as in tests/test_nms.py.
-
-def old_proposals(rpn_probs, rpn_bbox, anchors, proposal_count, nms_threshold, pre_nms_limit):
-    scores = rpn_probs[:, :, 1]
-    deltas = rpn_bbox * tf.constant(STD, tf.float32)
-    pre_nms_limit = tf.minimum(pre_nms_limit, tf.shape(anchors)[1])
-    ix = tf.nn.top_k(scores, pre_nms_limit, sorted=True).indices
-    scores = tf.gather(scores, ix, batch_dims=1)
-    deltas = tf.gather(deltas, ix, batch_dims=1)
-    boxes = apply_box_deltas_graph(tf.gather(anchors, ix, batch_dims=1), deltas)
-    boxes = clip_boxes_graph(boxes, tf.constant([0., 0., 1., 1.]))
-
-    def nms(args):
-        boxes, scores = args
-        keep = tf.image.non_max_suppression(boxes, scores, proposal_count, nms_threshold)
-        proposals = tf.gather(boxes, keep)
-        return tf.pad(proposals, [(0, proposal_count - tf.shape(proposals)[0]), (0, 0)])
-
-    return tf.map_fn(nms, (boxes, scores), fn_output_signature=tf.TensorSpec([proposal_count, 4]))
-
-
-def old_detections(inputs, mode, min_confidence, k, nms_threshold):
-    rois, probs, deltas = inputs[:3]
-    meta = parse_image_meta_graph(inputs[3])
-    window = norm_boxes_graph(meta["window"], meta["image_shape"][0][:2])
-    num_classes = probs.shape[-1]
-    scores = probs[..., 1:]
-    deltas = deltas[:, :, 1:] * tf.constant(STD, tf.float32)
-    boxes = apply_box_deltas_graph(tf.broadcast_to(rois[:, :, tf.newaxis], tf.shape(deltas)), deltas)
-    boxes = clip_boxes_graph(boxes, window[:, tf.newaxis, tf.newaxis])
-    keep = scores >= min_confidence
-    if mode == "argmax":
-        top_class = tf.argmax(probs, axis=2, output_type=tf.int32)
-        keep = tf.logical_and(keep, tf.equal(top_class[..., tf.newaxis], tf.range(1, num_classes)))
-    batch, foreground = tf.shape(boxes)[0], boxes.shape[2]
-    pairs = tf.reshape(tf.stack(tf.meshgrid(tf.range(batch), tf.range(foreground), indexing="ij"), -1),
-                       [-1, 2])
-
-    def nms(pair):
-        image, c = pair[0], pair[1]
-        indices = tf.image.non_max_suppression(
-            boxes[image, :, c], tf.where(keep[image, :, c], scores[image, :, c], -1.0),
-            k, nms_threshold, score_threshold=-0.5)
-        return tf.pad(indices, [(0, k - tf.shape(indices)[0])], constant_values=-1)
-
-    indices = tf.map_fn(nms, pairs, fn_output_signature=tf.TensorSpec([k], tf.int32))
-    found = tf.where(indices >= 0)
-    rows = tf.stack([tf.gather(pairs[:, 0], found[:, 0]), tf.gather_nd(indices, found),
-                     tf.gather(pairs[:, 1], found[:, 0])], 1)
-    selected = tf.scatter_nd(rows, tf.ones(tf.shape(rows)[:1]), tf.shape(keep)) > 0
-    flat_scores = tf.reshape(tf.where(selected, scores, -1.0), [batch, -1])
-    ranked = tf.nn.top_k(flat_scores, k=min(k, probs.shape[1] * foreground), sorted=True).indices
-    detections = tf.concat([
-        tf.gather(tf.reshape(boxes, [batch, -1, 4]), ranked, batch_dims=1),
-        tf.cast(ranked % foreground + 1, tf.float32)[..., None],
-        tf.gather(tf.reshape(scores, [batch, -1]), ranked, batch_dims=1)[..., None]], axis=2)
-    count = tf.reduce_sum(tf.cast(selected, tf.int32), axis=[1, 2])
-    detections = tf.where(tf.sequence_mask(count, tf.shape(ranked)[1])[..., None], detections, 0.0)
-    return tf.pad(detections, [(0, 0), (0, k - tf.shape(ranked)[1]), (0, 0)])
 
 
 # Inputs.
@@ -157,7 +97,7 @@ def main():
     for name, batch, size, scales, count in PROPOSALS:
         inputs = proposal_inputs(rng, batch, size, scales)
         layer = ProposalLayer(count, 0.7, pre_nms_limit=6000, rpn_bbox_std_dev=STD)
-        old = tf.function(lambda *x: old_proposals(*x, count, 0.7, 6000))
+        old = tf.function(lambda *x: reference_proposals(*x, count, 0.7, 6000))
         new = tf.function(lambda *x: layer(list(x)))
         times, equal = compare(old, new, inputs, args.repeat)
         pre_nms = min(6000, inputs[2].shape[1])
@@ -172,7 +112,7 @@ def main():
             layer = DetectionLayer(bbox_std_dev=STD, detection_min_confidence=confidence,
                                    detection_max_instances=100, detection_nms_threshold=0.3,
                                    detection_class_mode=mode)
-            old = tf.function(lambda *x: old_detections(x, mode, confidence, 100, 0.3))
+            old = tf.function(lambda *x: reference_detections(x, mode, confidence, 100, 0.3))
             new = tf.function(lambda *x: layer(list(x)))
             times, equal = compare(old, new, inputs, args.repeat)
             print(json.dumps({"layer": "DetectionLayer", "case": name, "mode": mode,
