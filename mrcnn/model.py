@@ -20,6 +20,7 @@ import tensorflow as tf
 from mrcnn import utils
 from mrcnn.backbone import compute_backbone_shapes, resnet_graph
 from mrcnn.base_layers import BatchNorm
+from mrcnn.config import Config
 from mrcnn.export import export_saved_model
 from mrcnn.geometry import normalized_anchors, unmold_boxes
 from mrcnn.ground_truth import load_image_gt
@@ -560,6 +561,9 @@ def inference_model(source, weights=None, images_per_batch=1, model_dir=None, ve
     model_dir: the run folder of the new model (default: the source model's,
         or "logs").
     """
+    if not isinstance(source, (MaskRCNN, Config)):
+        raise ValueError(f"inference_model(): source is a {type(source).__name__}; pass a MaskRCNN "
+                         "or a Config (and a weights file as weights=).")
     model = source if isinstance(source, MaskRCNN) else None
     config = model.config if model is not None else source
     if model_dir is None:

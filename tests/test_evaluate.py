@@ -257,6 +257,31 @@ def test_callback_evaluates_every_n_epochs_into_logs_and_tensorboard(tmp_path, s
         evaluate.EvaluationCallback(model, shapes_val, every=0)
 
 
+def test_inference_model_copies_weights_in_memory_or_loads_a_file(tmp_path, tiny_config):
+    from mrcnn import model as modellib
+    from mrcnn.weights import save_weights_by_name
+
+    trainer = modellib.MaskRCNN("training", tiny_config, str(tmp_path))
+    layer = trainer.keras_model.get_layer("mrcnn_mask")
+    layer.set_weights([w + 0.5 for w in layer.get_weights()])       # not the initial values
+    detector = modellib.inference_model(trainer, images_per_batch=3)
+    assert detector.mode == "inference" and detector.config.BATCH_SIZE == 3
+    assert tiny_config.BATCH_SIZE == 2                               # the source's config is kept
+    copied = detector.keras_model.get_layer("mrcnn_mask").get_weights()
+    assert all(np.array_equal(a, b) for a, b in zip(layer.get_weights(), copied))
+
+    path = str(tmp_path / "w.h5")
+    save_weights_by_name(trainer.keras_model, path)
+    loaded = modellib.inference_model(tiny_config, weights=path)
+    assert loaded.config.BATCH_SIZE == 1
+    assert all(np.array_equal(a, b) for a, b in
+               zip(layer.get_weights(), loaded.keras_model.get_layer("mrcnn_mask").get_weights()))
+    fresh = modellib.inference_model(tiny_config)                    # a Config alone: initial weights
+    assert not np.array_equal(fresh.keras_model.get_layer("mrcnn_mask").get_weights()[0], copied[0])
+    with pytest.raises(ValueError, match="pass a MaskRCNN or a Config"):
+        modellib.inference_model(path)
+
+
 def test_detect_dataset_pads_the_last_partial_batch_and_drops_the_padding(shapes_val, tmp_path):
     """Three images at BATCH_SIZE 2: [0, 1], then [2, 2] of which one result is kept."""
     from mrcnn import model as modellib
