@@ -382,7 +382,7 @@ class Config:
         sources = {"BATCH_SIZE": "GPU_COUNT * IMAGES_PER_GPU",
                    "IMAGE_SHAPE": "IMAGE_RESIZE_MODE, IMAGE_MIN_DIM, IMAGE_MAX_DIM and "
                                   "IMAGE_CHANNEL_COUNT",
-                   "IMAGE_META_SIZE": "12 + NUM_CLASSES"}
+                   "IMAGE_META_SIZE": "NUM_CLASSES and the layout of mrcnn.image_meta"}
         for attr, expected in self.computed_settings().items():
             value = getattr(self, attr, None)
             if value is None or not np.array_equal(np.asarray(value), expected):
