@@ -133,7 +133,8 @@ def test_computed_settings_left_stale_by_instance_changes_are_named():
     c.BATCH_SIZE = 1
     c.validate()
     c.NUM_CLASSES = 5
-    with pytest.raises(ValueError, match=r"IMAGE_META_SIZE is 13 but NUM_CLASSES and the layout of mrcnn.image_meta give 17"):
+    with pytest.raises(ValueError, match=r"IMAGE_META_SIZE is 13 but NUM_CLASSES and the layout "
+                                         r"of mrcnn.image_meta give 17"):
         c.validate()
     c.IMAGE_META_SIZE = 17
     c.IMAGE_MIN_DIM = c.IMAGE_MAX_DIM = 512
