@@ -22,7 +22,7 @@ from mrcnn.backbone import compute_backbone_shapes, resnet_graph
 from mrcnn.base_layers import BatchNorm
 from mrcnn.config import Config
 from mrcnn.export import export_saved_model
-from mrcnn.geometry import normalized_anchors, unmold_boxes
+from mrcnn.geometry import compute_anchors, normalized_anchors, unmold_boxes
 from mrcnn.ground_truth import load_image_gt
 from mrcnn.image_meta import compose_image_meta, parse_image_meta, parse_image_meta_graph
 from mrcnn.imagenet import RESNET50_IMAGENET_URL, RESNET101_IMAGENET_URL, imagenet_weights
@@ -40,7 +40,7 @@ from mrcnn.weights import copy_weights_by_name, keras2_layout, load_weights_by_n
 from mrcnn.xla import XlaSplit
 
 __all__ = [
-    "compute_backbone_shapes", "resnet_graph", "BatchNorm", "load_image_gt",
+    "compute_backbone_shapes", "resnet_graph", "BatchNorm", "compute_anchors", "load_image_gt",
     "compose_image_meta", "parse_image_meta", "parse_image_meta_graph", "RESNET50_IMAGENET_URL",
     "RESNET101_IMAGENET_URL", "imagenet_weights", "mold_image", "unmold_image",
     "data_generator", "DetectionLayer", "DetectionTargetLayer",

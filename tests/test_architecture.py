@@ -20,7 +20,7 @@ non_max_suppression apply_box_deltas box_refinement resize_image resize_mask min
 expand_mask unmold_mask generate_anchors generate_pyramid_anchors trim_zeros compute_matches
 compute_ap compute_ap_range compute_recall norm_boxes denorm_boxes batch_slice
 download_trained_weights resize""".split()
-MODEL_NAMES = """MaskRCNN log load_image_gt build_rpn_targets generate_random_rois data_generator
+MODEL_NAMES = """MaskRCNN log load_image_gt compute_anchors build_rpn_targets generate_random_rois data_generator
 mold_image unmold_image compose_image_meta parse_image_meta parse_image_meta_graph
 compute_backbone_shapes resnet_graph build_rpn_model fpn_classifier_graph build_fpn_mask_graph
 rpn_class_loss_graph rpn_bbox_loss_graph mrcnn_class_loss_graph mrcnn_bbox_loss_graph
