@@ -260,6 +260,7 @@ def test_unmold_gives_each_detection_of_one_roi_its_class_mask(models):
         assert first.all() and not second.any()
 
 
+@pytest.mark.large
 def test_detect_one_class_model_reports_scores_below_half_only_per_class(models):
     images = [shapes_image(seed) for seed in (1, 3)]   # 8 and 12 of 16 detections below 0.5
     for image in images:

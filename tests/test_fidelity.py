@@ -67,6 +67,7 @@ def _bn_statistics(model):
             if "moving_mean" in w.path or "moving_variance" in w.path}
 
 
+@pytest.mark.large
 @pytest.mark.parametrize("train_bn, changes", [(None, True), (False, False)])
 def test_train_bn_none_trains_batchnorm_and_false_freezes_it(train_bn, changes, tmp_path):
     model = modellib.MaskRCNN("training", make_config(TRAIN_BN=train_bn), str(tmp_path))
@@ -102,6 +103,7 @@ def test_train_bn_must_be_none_or_a_bool(value):
         make_config(TRAIN_BN=value)
 
 
+@pytest.mark.large
 @pytest.mark.parametrize("mode", ["pad64", "none"])
 def test_training_image_of_another_size_is_a_clear_error(mode, tmp_path):
     config = make_config(IMAGE_RESIZE_MODE=mode, IMAGE_MIN_DIM=128, IMAGE_MAX_DIM=128)
@@ -115,6 +117,7 @@ def test_training_image_of_another_size_is_a_clear_error(mode, tmp_path):
     assert model.epoch == 0 and not list(tmp_path.rglob("*.h5"))  # no step, no checkpoint
 
 
+@pytest.mark.large
 def test_use_rpn_rois_false_trains_the_heads_on_random_rois(tmp_path):
     config = make_config(USE_RPN_ROIS=False)
     model, history = train_once(config, shapes(4), tmp_path)
@@ -123,6 +126,7 @@ def test_use_rpn_rois_false_trains_the_heads_on_random_rois(tmp_path):
         assert np.isfinite(history.history[name][0]) and history.history[name][0] > 0
 
 
+@pytest.mark.large
 def test_name_none_falls_back_to_mrcnn_everywhere(tmp_path):
     config = make_config(NAME=None)
     model = modellib.MaskRCNN("training", config, str(tmp_path))
@@ -325,6 +329,7 @@ def _seeded_run(seed, tmp_path):
     return result.history, [w.numpy() for w in model.keras_model.weights]
 
 
+@pytest.mark.large
 def test_same_seed_gives_identical_losses_and_weights(tmp_path):
     """Python random (crops), numpy (augmentation, anchor sampling), TF (RoI
     sampling, initial weights) and two data workers: three steps repeat exactly.

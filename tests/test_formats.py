@@ -527,6 +527,7 @@ def test_one_dataset_of_two_formats_sends_each_image_to_its_loader(tmp_path):
     assert ds.load_mask(2)[1].tolist() == [4, 5, 4, 5]
 
 
+@pytest.mark.large
 def test_train_empty_images_are_trained_as_background(tmp_path, tiny_config):
     from mrcnn import geometry, ground_truth, model as modellib
     from samples.shapes.shapes import FastShapesConfig

@@ -679,6 +679,7 @@ def test_model_configs_round_trip(inference_model, training_model):
     assert again.loss_weights == weights and again.weight_decay == 0.01
 
 
+@pytest.mark.large
 def test_fit_reports_the_five_losses_and_keeps_frozen_bn(config):
     training_model = mask_rcnn.build_training_model(config)     # its own: fit changes the weights
     rng = np.random.default_rng(0)
@@ -704,6 +705,7 @@ def decay(model, weight_decay):
                               if w.name not in ("gamma", "beta"))
 
 
+@pytest.mark.large
 def test_recompile_after_freezing_keeps_loss_definition():
     class DecayConfig(TinyBackboneConfig):
         WEIGHT_DECAY = 0.05     # large enough to measure in float32 next to the losses

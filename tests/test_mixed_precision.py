@@ -145,6 +145,7 @@ def test_bf16_detections_match_float32_ones(float32_and_bf16):
     assert np.median(mask_iou) >= 0.9, mask_iou
 
 
+@pytest.mark.large
 def test_exported_bf16_model_serves_detects_dtypes_and_results(float32_and_bf16):
     _, half, folder = float32_and_bf16
     served = tf.saved_model.load(half.export_saved_model(folder / "saved"))
@@ -174,6 +175,7 @@ def compiled(config, tmp_path):
     return model.keras_model
 
 
+@pytest.mark.large
 def test_bf16_training_keeps_losses_finite_and_falling(tmp_path):
     """Ten SGD steps on one batch. Measured: total 13.2 at the first step, 3.4-6.7 at the last
     three (the box and mask losses join, from 0, when the first positives are sampled)."""
@@ -188,6 +190,7 @@ def test_bf16_training_keeps_losses_finite_and_falling(tmp_path):
     assert all(step["mrcnn_mask_loss"] > 0 for step in history[-3:]), history
 
 
+@pytest.mark.large
 def test_float16_training_scales_the_loss_and_clips_unscaled_gradients(tmp_path):
     """compile() wraps the optimizer in a LossScaleOptimizer (the model's policy is
     mixed_float16). Steps whose scaled gradients overflow are skipped and halve the scale

@@ -70,6 +70,7 @@ def test_batch_values_equal_the_numpy_loading_code(config):
             np.testing.assert_array_equal(value, expected[name][0].astype(value.dtype), err_msg=name)
 
 
+@pytest.mark.large
 def test_failed_images_are_skipped_and_repeated_failures_raise_the_real_error(config, caplog,
                                                                              tmp_path):
     class SometimesBroken(ShapesDataset):
@@ -96,6 +97,7 @@ def test_failed_images_are_skipped_and_repeated_failures_raise_the_real_error(co
         next(iter(pipeline.training_dataset(empty, config)))
 
 
+@pytest.mark.large
 def test_wrong_image_size_stops_train_with_the_shape_error(config, tmp_path):
     config.IMAGE_RESIZE_MODE = "pad64"                            # 128x96 becomes 192x128
     model = modellib.MaskRCNN("training", config, str(tmp_path))
@@ -119,6 +121,7 @@ def test_input_context_shards_positions_and_splits_the_batch(config):
     assert shards == [whole[0::2], whole[1::2]]
 
 
+@pytest.mark.large
 def test_train_accepts_a_tf_data_dataset_and_a_dataset_fn(config, tmp_path):
     ds = ShapesDataset(count=4, seed=2)
     model = modellib.MaskRCNN("training", config, str(tmp_path))

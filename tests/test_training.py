@@ -69,6 +69,7 @@ class Snapshot(keras.callbacks.Callback):
             self.taken = (os.stat(self.path).st_mtime_ns, open(self.path, "rb").read())
 
 
+@pytest.mark.large
 def test_non_finite_loss_stops_training_and_keeps_the_last_checkpoint(shapes_train, tmp_path):
     keras.utils.set_random_seed(0)
     model = modellib.MaskRCNN("training", LiteQuick(), str(tmp_path))
@@ -89,6 +90,7 @@ def trainable_layer_names(keras_model):
     return {owners[id(v)] for v in keras_model.trainable_weights}
 
 
+@pytest.mark.large
 def test_layers_presets_and_regex_train_exactly_the_matching_layers(shapes_train, tmp_path):
     keras.utils.set_random_seed(0)
     model = modellib.MaskRCNN("training", QuickRandomRoIs(), str(tmp_path))

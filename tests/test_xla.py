@@ -69,6 +69,7 @@ def test_xla_model_keeps_the_layers_and_loads_weights_by_name(detectors, tmp_pat
     assert plain.load_weights(str(tmp_path / "xla.h5"), by_name=False)
 
 
+@pytest.mark.large
 def test_xla_detect_equals_plain_detect_and_does_not_retrace(detectors, shapes_val):
     """Same detections within 1e-3 in scores and 1 px in boxes, raw mask probabilities within
     1e-2 (measured on bench_model's ResNet-50 configs: detections 1e-4, mask probabilities
@@ -99,6 +100,7 @@ def test_xla_detect_equals_plain_detect_and_does_not_retrace(detectors, shapes_v
             split._front_fn.experimental_get_tracing_count()) == counts
 
 
+@pytest.mark.large
 def test_export_of_an_xla_model_runs_without_xla(detectors, tmp_path):
     """Export falls back to the plain graph: the SavedModel calls the Keras model itself, so no
     function in it is XLA-compiled (what it computes is test_export's business)."""
@@ -112,6 +114,7 @@ class TrainConfig(TinyBackboneConfig):
     XLA = True
 
 
+@pytest.mark.large
 def test_xla_training_step_equals_plain_step(tmp_path):
     """Through the XLA front and through the plain model, from the same weights: the same five
     losses (rtol 1e-4) and gradients (1e-3 of each weight's largest), and train_on_batch with
