@@ -154,7 +154,27 @@ class _Loader:
 def build_pipeline(dataset, config, *, shuffle=True, augmentation=None, no_augmentation_sources=None,
                    random_rois=0, steps=None, batch_size=None, workers=2, seed=None, epoch=0,
                    input_context=None):
-    """`training_dataset`'s dataset and its `_Loader` (whose `rules.error` train() re-raises)."""
+    """An endless `tf.data.Dataset` of training batches for `keras.Model.fit`, `steps` per epoch.
+
+    dataset: a prepared `utils.Dataset`. Each element is a dict of the
+    training model's inputs (`batch_spec`), with a leading batch axis of
+    `batch_size` (default config.BATCH_SIZE). Epochs start at `epoch`; each
+    has `steps` batches (default: enough to cover the dataset once) and is
+    shuffled when `shuffle`. augmentation: an imgaug augmenter or a callable
+    (image, masks) -> (image, masks), not applied to the sources listed in
+    `no_augmentation_sources`. random_rois > 0 adds "input_roi" random RoIs
+    (USE_RPN_ROIS False). workers: images loaded in parallel. seed: see the
+    module docstring. input_context (a `tf.distribute.InputContext`): this
+    pipeline's shard of positions and its per-replica batch size.
+
+    Images without instances (unless their image_info has "train_empty", see
+    `ground_truth._load_sample`) and images that fail to load (logged with the
+    traceback) are skipped, so every batch is full; more than
+    MAX_CONSECUTIVE_ERRORS failures in a row, an image of the wrong size, or a
+    dataset with no instances at all stop the pipeline with that error.
+
+    Returns the dataset and its `_Loader`, whose `rules.error` train() re-raises.
+    """
     loader = _Loader(dataset, config, shuffle, augmentation, no_augmentation_sources,
                      random_rois, seed)
     batch_size = batch_size or config.BATCH_SIZE
@@ -187,32 +207,9 @@ def build_pipeline(dataset, config, *, shuffle=True, augmentation=None, no_augme
     return data, loader
 
 
-def training_dataset(dataset, config, *, shuffle=True, augmentation=None,
-                     no_augmentation_sources=None, random_rois=0, steps=None, batch_size=None,
-                     workers=2, seed=None, epoch=0, input_context=None):
-    """An endless `tf.data.Dataset` of training batches for `keras.Model.fit`, `steps` per epoch.
-
-    dataset: a prepared `utils.Dataset`. Each element is a dict of the
-    training model's inputs (`batch_spec`), with a leading batch axis of
-    `batch_size` (default config.BATCH_SIZE). Epochs start at `epoch`; each
-    has `steps` batches (default: enough to cover the dataset once) and is
-    shuffled when `shuffle`. augmentation: an imgaug augmenter or a callable
-    (image, masks) -> (image, masks), not applied to the sources listed in
-    `no_augmentation_sources`. random_rois > 0 adds "input_roi" random RoIs
-    (USE_RPN_ROIS False). workers: images loaded in parallel. seed: see the
-    module docstring. input_context (a `tf.distribute.InputContext`): this
-    pipeline's shard of positions and its per-replica batch size.
-
-    Images without instances (unless their image_info has "train_empty", see
-    `ground_truth._load_sample`) and images that fail to load (logged with the
-    traceback) are skipped, so every batch is full; more than
-    MAX_CONSECUTIVE_ERRORS failures in a row, an image of the wrong size, or a
-    dataset with no instances at all stop the pipeline with that error.
-    """
-    return build_pipeline(dataset, config, shuffle=shuffle, augmentation=augmentation,
-                          no_augmentation_sources=no_augmentation_sources, random_rois=random_rois,
-                          steps=steps, batch_size=batch_size, workers=workers, seed=seed, epoch=epoch,
-                          input_context=input_context)[0]
+def training_dataset(dataset, config, **kwargs):
+    """`build_pipeline(dataset, config, **kwargs)`'s dataset: what `keras.Model.fit` takes."""
+    return build_pipeline(dataset, config, **kwargs)[0]
 
 
 def dataset_fn(dataset, config, **kwargs):
