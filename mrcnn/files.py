@@ -1,4 +1,5 @@
-"""Files written atomically (a temp file renamed into place): downloads of weight files, and their permissions."""
+"""Files written atomically (a temp file renamed into place): checkpoints, downloaded weight
+files, and their permissions."""
 
 import os
 import tempfile
@@ -6,7 +7,7 @@ import urllib.error
 import urllib.request
 
 __all__ = [
-    "COCO_MODEL_URL", "apply_umask", "download_file", "download_trained_weights",
+    "COCO_MODEL_URL", "apply_umask", "write_atomically", "download_file", "download_trained_weights",
 ]
 
 
@@ -20,6 +21,36 @@ def apply_umask(path):
     umask = os.umask(0)
     os.umask(umask)
     os.chmod(path, (0o777 if os.path.isdir(path) else 0o666) & ~umask)
+
+
+def write_atomically(path, write):
+    """Call write(temp_path) for a temp file beside `path`, sync it, then rename it to `path`.
+
+    A crash or an error leaves `path` as it was (and no temp file after an error).
+    """
+    path = os.path.abspath(os.fspath(path))
+    folder = os.path.dirname(path)
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        apply_umask(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+    dir_fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
 
 
 def download_file(url, path, verbose=1, what="file"):

@@ -18,7 +18,6 @@ import dataclasses
 import logging
 import os
 import re
-import tempfile
 import warnings
 
 import h5py
@@ -517,13 +516,8 @@ def save_weights_by_name(model, filepath):
     written to a temporary name in the same folder, synced, then renamed, so
     a crash never leaves a partial file under `filepath`.
     """
-    filepath = os.fspath(filepath)
-    folder = os.path.dirname(os.path.abspath(filepath))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(filepath)}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        with h5py.File(tmp, "w") as f:
+    def write(path):
+        with h5py.File(path, "w") as f:
             _write_names(f, "layer_names", [layer.name for layer in model.layers])
             # Fixed-length bytes, as Keras 2 under h5py 2 wrote them: readers call `.decode()`.
             f.attrs["backend"] = np.bytes_(b"tensorflow")
@@ -534,19 +528,5 @@ def save_weights_by_name(model, filepath):
                 _write_names(group, "weight_names", [name for name, _ in weights])
                 for name, variable in weights:
                     group.create_dataset(name, data=keras.ops.convert_to_numpy(variable))
-        fd = os.open(tmp, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        files.apply_umask(tmp)
-        os.replace(tmp, filepath)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-    dir_fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+
+    files.write_atomically(filepath, write)
