@@ -165,7 +165,8 @@ def build_pipeline(dataset, config, *, shuffle=True, augmentation=None, no_augme
     `no_augmentation_sources`. random_rois > 0 adds "input_roi" random RoIs
     (USE_RPN_ROIS False). workers: images loaded in parallel. seed: see the
     module docstring. input_context (a `tf.distribute.InputContext`): this
-    pipeline's shard of positions and its per-replica batch size.
+    pipeline's shard of positions and its per-replica batch size; `steps`
+    then counts global steps.
 
     Images without instances (unless their image_info has "train_empty", see
     `ground_truth._load_sample`) and images that fail to load (logged with the
@@ -181,8 +182,11 @@ def build_pipeline(dataset, config, *, shuffle=True, augmentation=None, no_augme
     steps = steps or math.ceil(len(loader.image_ids) / batch_size)
     first, stride = 0, 1
     if input_context is not None:
+        # This pipeline feeds replicas / pipelines replicas a batch each per global step; its
+        # positions p, p + pipelines, ...: together a step's positions are the global batch's.
         batch_size = input_context.get_per_replica_batch_size(batch_size)
         first, stride = input_context.input_pipeline_id, input_context.num_input_pipelines
+        steps *= input_context.num_replicas_in_sync // input_context.num_input_pipelines
     names = [name for name, _, _ in loader.spec]
     dtypes = [tf.bool] + [dtype for _, dtype, _ in loader.spec]
 

@@ -119,6 +119,12 @@ def test_input_context_shards_positions_and_splits_the_batch(config):
         assert all(b["input_image"].shape[0] == 2 for b in batches)
         shards.append([i for b in batches for i in image_ids(b)])
     assert shards == [whole[0::2], whole[1::2]]
+    # One pipeline feeding two replicas (MirroredStrategy on one machine): each of the
+    # epoch's 2 global steps takes two of its batches.
+    context = tf.distribute.InputContext(num_input_pipelines=1, input_pipeline_id=0,
+                                         num_replicas_in_sync=2)
+    fn = pipeline.dataset_fn(ds, config, steps=2, batch_size=4, seed=1, shuffle=False)
+    assert [i for b in fn(context).take(4) for i in image_ids(b)] == whole
 
 
 @pytest.mark.large
