@@ -11,7 +11,7 @@ from mrcnn.config import DETECTION_CLASS_MODES
 from mrcnn.geometry import (apply_box_deltas_graph, box_refinement_graph, clip_boxes_graph, norm_boxes_graph,
                             overlaps_graph)
 from mrcnn.image_meta import parse_image_meta_graph
-from mrcnn.tf_ops import mean_or_zero, ranked_nms, smooth_l1_loss
+from mrcnn.tf_ops import global_mean, mean_or_zero, ranked_nms, smooth_l1_loss
 from mrcnn.roi_align import roi_align
 
 __all__ = [
@@ -622,7 +622,8 @@ class LeadingRows(GraphLayer):
 def mrcnn_class_loss_graph(target_class_ids, pred_class_logits, active_class_ids):
     """Classifier loss: softmax cross-entropy over all RoIs (padding counts
     as background, as in matterport), dropping RoIs whose *predicted* class is
-    not active in the image's dataset; mean over the rest (0 if none).
+    not active in the image's dataset; mean over the rest (0 if none), over
+    the global batch under tf.distribute (`tf_ops.global_mean`).
 
     target_class_ids [batch, rois], pred_class_logits [batch, rois, classes],
     active_class_ids [batch, classes] (1 = class of the image's source).
@@ -635,7 +636,7 @@ def mrcnn_class_loss_graph(target_class_ids, pred_class_logits, active_class_ids
                             pred_class_ids, batch_dims=1)
     loss = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=target_class_ids,
                                                           logits=pred_class_logits)
-    return tf.math.divide_no_nan(tf.reduce_sum(loss * pred_active), tf.reduce_sum(pred_active))
+    return global_mean(tf.reduce_sum(loss * pred_active), tf.reduce_sum(pred_active))
 
 
 def mrcnn_bbox_loss_graph(target_bbox, target_class_ids, pred_bbox):

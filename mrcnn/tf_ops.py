@@ -7,8 +7,8 @@ Keras symbolic tensors.
 import tensorflow as tf
 
 __all__ = [
-    "trim_zeros_graph", "batch_pack_graph", "smooth_l1_loss", "mean_or_zero", "ranked_nms",
-    "batch_slice",
+    "trim_zeros_graph", "batch_pack_graph", "smooth_l1_loss", "global_mean", "mean_or_zero",
+    "ranked_nms", "batch_slice",
 ]
 
 
@@ -33,9 +33,29 @@ def smooth_l1_loss(y_true, y_pred):
     return less_than_one * 0.5 * diff ** 2 + (1 - less_than_one) * (diff - 0.5)
 
 
+def global_mean(total, count):
+    """total / count over the global batch, as this replica's term of a mean over replicas.
+
+    Under tf.distribute each replica holds part of the batch and of the entries
+    a loss averages (positive anchors, positive RoIs, mask pixels: their number
+    varies). The counts are summed across replicas and the value returned is
+    replicas * total / global count, so the mean of the replicas' values (what
+    Keras reports; what the summed gradients follow, train_step dividing by the
+    replicas) is the mean over the global batch, as one device computes it. 0
+    when the count is 0 (no NaN value or gradient). Outside a replica context
+    or on one replica, total / count.
+    """
+    count = tf.cast(count, total.dtype)
+    context = tf.distribute.get_replica_context()
+    if context is None or context.num_replicas_in_sync == 1:
+        return tf.math.divide_no_nan(total, count)
+    replicas = context.num_replicas_in_sync
+    return tf.math.divide_no_nan(total * replicas, context.all_reduce("SUM", count))
+
+
 def mean_or_zero(x):
-    """Mean of x, or 0 when x is empty (no NaN value or gradient)."""
-    return tf.math.divide_no_nan(tf.reduce_sum(x), tf.cast(tf.size(x), x.dtype))
+    """Mean of x over the global batch (`global_mean`), or 0 when x is empty."""
+    return global_mean(tf.reduce_sum(x), tf.size(x))
 
 
 def ranked_nms(boxes, keys, max_output_size, iou_threshold):
