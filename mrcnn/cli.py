@@ -25,6 +25,7 @@ import time
 import numpy as np
 import skimage.io
 
+from mrcnn.config import STRATEGIES
 from mrcnn.dataset import Dataset
 
 __all__ = [
@@ -149,7 +150,10 @@ def config_settings(args):
     """The command's `ConfigSettings`, parsed from args once and kept on `args`."""
     if getattr(args, "config_settings", None) is None:
         base = config_class(args.config_class)
-        args.config_settings = ConfigSettings(base, parse_overrides(args.config, base))
+        overrides = parse_overrides(args.config, base)
+        if getattr(args, "strategy", None):
+            overrides["STRATEGY"] = args.strategy
+        args.config_settings = ConfigSettings(base, overrides)
     return args.config_settings
 
 
@@ -234,7 +238,10 @@ def train_command(args):
     """Train on --dataset, validating on --val-dataset/--val-subset, checkpoints under --logs."""
     from mrcnn import evaluate
     from mrcnn import model as modellib
+    from mrcnn.distribute import make_strategy
 
+    settings = config_settings(args)
+    make_strategy(settings.overrides.get("STRATEGY", settings.base.STRATEGY))  # before any op
     train_set = load_dataset(args, args.dataset, args.subset, args.image_dir)
     val_set = (load_dataset(args, args.val_dataset or args.dataset, args.val_subset,
                             args.val_image_dir or args.image_dir)
@@ -244,7 +251,14 @@ def train_command(args):
     config = make_config(args, num_classes=train_set.num_classes)
     model = modellib.MaskRCNN("training", config, args.logs)
     exclude = [name for name in (args.exclude or "").split(",") if name]
-    if args.weights != "none":
+    resuming = False
+    if args.resume:
+        try:
+            resuming = bool(model.find_last())
+        except FileNotFoundError:
+            print(f"--resume: no checkpoint under {args.logs} yet; starting from --weights "
+                  f"{args.weights}", flush=True)
+    if args.weights != "none" and not resuming:
         if args.weights == "last":
             path = model.find_last()
         elif args.weights == "imagenet":
@@ -263,7 +277,7 @@ def train_command(args):
                  if args.eval_every else [])
     model.train(train_set, val_set, learning_rate=args.learning_rate or config.LEARNING_RATE,
                 epochs=args.epochs, layers=args.layers, custom_callbacks=callbacks,
-                workers=args.workers)
+                workers=args.workers, resume=args.resume)
     print(f"Checkpoints in {model.log_dir}; the newest is {model.find_last()}")
 
 
@@ -451,6 +465,12 @@ def _add_train(sub):
     p.add_argument("--eval-limit", type=positive_int, metavar="IMAGES",
                    help="validation images scored by --eval-every (default: all)")
     p.add_argument("--workers", type=positive_int, default=2, help="data-loading threads (default: 2)")
+    p.add_argument("--strategy", choices=STRATEGIES,
+                   help="tf.distribute strategy (default: the config's STRATEGY, auto: "
+                        "multi-worker when TF_CONFIG names a cluster, mirrored with several GPUs)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from the newest checkpoint under --logs (weights, epoch, "
+                        "optimizer state); --weights is loaded only when there is none yet")
 
 
 def _add_evaluate(sub):

@@ -22,7 +22,7 @@ from mrcnn.image_meta import meta_size
 
 __all__ = [
     "RESIZE_MODES", "BACKBONES", "OPTIMIZERS", "DETECTION_CLASS_MODES", "PRECISIONS",
-    "LOSS_NAMES", "Config",
+    "STRATEGIES", "LOSS_NAMES", "Config",
 ]
 
 RESIZE_MODES = ("none", "square", "pad64", "crop")
@@ -30,6 +30,7 @@ BACKBONES = ("resnet50", "resnet101")
 OPTIMIZERS = ("sgd", "adam")
 DETECTION_CLASS_MODES = ("argmax", "per_class")
 PRECISIONS = (None, "mixed_float16", "mixed_bfloat16")
+STRATEGIES = ("auto", "none", "mirrored", "multi-worker")
 LOSS_NAMES = ("rpn_class_loss", "rpn_bbox_loss", "mrcnn_class_loss",
               "mrcnn_bbox_loss", "mrcnn_mask_loss")
 
@@ -40,9 +41,23 @@ class Config:
     # Name of the configuration, used in log-directory and checkpoint names.
     NAME = None
 
-    # Images per replica and number of replicas; BATCH_SIZE is their product.
+    # Images per replica and number of replicas of the whole job (every GPU of
+    # every worker); BATCH_SIZE, their product, is the global batch. Training
+    # under a strategy of N replicas sets GPU_COUNT 1 to N (logged) and
+    # rejects another value that is not N (see mrcnn.distribute).
     GPU_COUNT = 1
     IMAGES_PER_GPU = 2
+
+    # The tf.distribute strategy train() runs in (not in matterport's Config):
+    # "auto" (MultiWorkerMirroredStrategy when TF_CONFIG names a cluster,
+    # MirroredStrategy when more than one GPU is visible, else none), "none",
+    # "mirrored" or "multi-worker". A strategy scope entered by the user wins.
+    STRATEGY = "auto"
+
+    # True multiplies train()'s learning rate by the number of replicas (the
+    # linear scaling rule for a global batch N times one replica's); False
+    # (default) uses it as given. Not in matterport's Config.
+    SCALE_LEARNING_RATE = False
 
     # Training steps per epoch and validation steps at the end of each epoch.
     STEPS_PER_EPOCH = 1000
@@ -160,6 +175,11 @@ class Config:
     # matterport's True also used batch statistics at inference (a bug).
     TRAIN_BN = False
 
+    # With BatchNorm trained (TRAIN_BN None or True) and several replicas: True
+    # computes the batch statistics over the global batch (synchronised across
+    # replicas, one all-reduce per BatchNorm layer and step), False per replica.
+    SYNC_BATCH_NORM = False
+
     # Gradients are scaled down when their global norm (all trainable weights
     # together, as matterport's Keras 2 clipnorm) exceeds this.
     GRADIENT_CLIP_NORM = 5.0
@@ -271,6 +291,9 @@ class Config:
             self._check_int("SEED", 0)
         for attr, meaning in (("TRAIN_BN", "None or True (train BatchNorm) or False (freeze it)"),
                               ("ROI_ALIGN_ALIGNED", "True or False"),
+                              ("SYNC_BATCH_NORM", "True (batch statistics over all replicas) "
+                                                  "or False"),
+                              ("SCALE_LEARNING_RATE", "True (learning rate x replicas) or False"),
                               ("XLA", "True (compile the backbone, FPN and RPN head with XLA) "
                                       "or False")):
             value = getattr(self, attr)
@@ -285,7 +308,7 @@ class Config:
                 self._fail(attr, f"is {value!r}", "Set it to a positive number.")
 
     def _validate_choices(self):
-        """OPTIMIZER, DETECTION_CLASS_MODE and MIXED_PRECISION: one of their names."""
+        """OPTIMIZER, DETECTION_CLASS_MODE, STRATEGY and MIXED_PRECISION: one of their names."""
         if self.OPTIMIZER not in OPTIMIZERS:
             self._fail("OPTIMIZER", f"is {self.OPTIMIZER!r}", f"Use one of {', '.join(OPTIMIZERS)}.")
         mode = self.DETECTION_CLASS_MODE
@@ -293,6 +316,10 @@ class Config:
             self._fail("DETECTION_CLASS_MODE", f"is {mode!r}",
                        "Use 'argmax' (matterport's: each RoI's top class) or 'per_class' "
                        "(torchvision's: every class above DETECTION_MIN_CONFIDENCE).")
+        if not isinstance(self.STRATEGY, str) or self.STRATEGY not in STRATEGIES:
+            self._fail("STRATEGY", f"is {self.STRATEGY!r}",
+                       f"Use one of {', '.join(repr(s) for s in STRATEGIES)}, or enter a "
+                       "tf.distribute strategy's scope before creating the model.")
         precision = self.MIXED_PRECISION
         if not (precision is None or isinstance(precision, str)) or precision not in PRECISIONS:
             self._fail("MIXED_PRECISION", f"is {precision!r}",

@@ -33,7 +33,8 @@ import tensorflow as tf
 
 from mrcnn.backbone import compute_backbone_shapes, resnet_graph
 from mrcnn.config import LOSS_NAMES
-from mrcnn.base_layers import GraphLayer
+from mrcnn.distribute import num_workers
+from mrcnn.base_layers import BatchNorm, GraphLayer
 from mrcnn.geometry import norm_boxes_graph
 from mrcnn.roi_heads import (DetectionBoxes, DetectionClassIds, DetectionLayer,
                              DetectionTargetLayer, LeadingRows,
@@ -146,9 +147,24 @@ def build_training_model(config):
 
     `config` must be valid: `MaskRCNN` validates it once; after changing
     attributes of an instance, call `config.validate()` before building.
+    With SYNC_BATCH_NORM, the BatchNorm layers that train compute their batch
+    statistics over all replicas (Keras' `synchronized`).
     """
     with _dtype_policy_scope(config.MIXED_PRECISION):
-        return _training_model(config)
+        model = _training_model(config)
+    if config.SYNC_BATCH_NORM:
+        for layer in _sublayers(model):
+            if isinstance(layer, BatchNorm) and not layer.frozen:
+                layer.synchronized = True
+    return model
+
+
+def _sublayers(layer):
+    """Every layer inside `layer`: of nested models and of wrappers, recursively."""
+    for inner in list(getattr(layer, "layers", [])) + [getattr(layer, "layer", None)]:
+        if inner is not None:
+            yield inner
+            yield from _sublayers(inner)
 
 
 def _training_model(config):
@@ -265,7 +281,9 @@ class TrainingModel(keras.Model):
     `keras.metrics.Mean` trackers, so they appear by name in the progress
     bar, History and TensorBoard; `test_step` reports the same (with
     training=False). Under tf.distribute each replica's loss is divided by
-    the replica count before its gradients are summed across replicas.
+    the replica count before its gradients are summed across replicas; the
+    losses are means over the global batch (`tf_ops.global_mean`), so the
+    step is one device's step on the whole batch, up to summation order.
     """
 
     def __init__(self, *args, loss_weights=None, weight_decay=0.0, **kwargs):
@@ -297,7 +315,12 @@ class TrainingModel(keras.Model):
         values = [total] + [losses[name] for name in LOSS_NAMES]
         for tracker, value in zip(self.loss_trackers, values):
             tracker.update_state(value)
-        return {tracker.name: tracker.result() for tracker in self.loss_trackers}
+        logs = {tracker.name: tracker.result() for tracker in self.loss_trackers}
+        if num_workers(tf.distribute.get_strategy()) > 1:
+            # Keras averages a step's outputs across workers along axis 0, which scalars
+            # lack (keras-team/keras#20585): give them one.
+            logs = {name: value[None] for name, value in logs.items()}
+        return logs
 
     def train_step(self, data):
         x, _, _ = keras.utils.unpack_x_y_sample_weight(data)
@@ -319,6 +342,20 @@ class TrainingModel(keras.Model):
     def test_step(self, data):
         x, _, _ = keras.utils.unpack_x_y_sample_weight(data)
         return self._report_losses(*self._loss_values(x, training=False))
+
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        """Build the optimizer in the strategy's scope before `fit` traces its step.
+
+        Keras' version first reduces a batch across replicas, only to learn its
+        shapes, and that reduce fails for a batch of several tensors under
+        MultiWorkerMirroredStrategy (keras-team/keras#20329). This functional
+        model is built with its layers and has no compiled loss or metrics:
+        the optimizer (once compiled) is all there is to build.
+        """
+        optimizer = getattr(self, "optimizer", None)
+        if optimizer is not None and not optimizer.built:
+            with self.distribute_strategy.scope():
+                optimizer.build(self.trainable_variables)
 
     def get_config(self):
         return {**super().get_config(), "loss_weights": self.loss_weights,

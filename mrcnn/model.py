@@ -11,6 +11,7 @@ import copy
 import datetime
 import logging
 import os
+import random
 import re
 
 import keras
@@ -21,6 +22,7 @@ from mrcnn import utils
 from mrcnn.backbone import compute_backbone_shapes, resnet_graph
 from mrcnn.base_layers import BatchNorm
 from mrcnn.config import Config
+from mrcnn.distribute import agree, fit_replicas, is_chief, make_strategy, worker_failure
 from mrcnn.export import export_saved_model
 from mrcnn.geometry import compute_anchors, normalized_anchors, unmold_boxes
 from mrcnn.ground_truth import load_image_gt
@@ -36,6 +38,7 @@ from mrcnn.roi_heads import (
 from mrcnn.rpn import (
     ProposalLayer, build_rpn_model, rpn_bbox_loss_graph, rpn_class_loss_graph)
 from mrcnn.targets import build_detection_targets, build_rpn_targets, generate_random_rois
+from mrcnn.training_state import load_state, restore_optimizer, save_state, state_path
 from mrcnn.weights import copy_weights_by_name, keras2_layout, load_weights_by_name, save_weights_by_name
 from mrcnn.xla import XlaSplit
 
@@ -136,14 +139,19 @@ class _StopOnNaN(keras.callbacks.Callback):
 
 
 class _Checkpoint(keras.callbacks.Callback):
-    """Write the weights after every epoch, atomically, in matterport's HDF5 layout."""
+    """After every epoch: the training state (`mrcnn.training_state`), then the weights in
+    matterport's HDF5 layout, each atomically, so the newest weights have their state."""
 
-    def __init__(self, path_pattern):
+    def __init__(self, path_pattern, stage, data_seed):
         super().__init__()
         self.path_pattern = path_pattern
+        self.stage = stage
+        self.data_seed = data_seed
 
     def on_epoch_end(self, epoch, logs=None):
-        save_weights_by_name(self.model, self.path_pattern.format(epoch=epoch + 1))
+        path = self.path_pattern.format(epoch=epoch + 1)
+        save_state(state_path(path), self.model.optimizer, epoch + 1, self.stage, self.data_seed)
+        save_weights_by_name(self.model, path)
 
 
 class MaskRCNN:
@@ -153,6 +161,10 @@ class MaskRCNN:
         if mode not in ("training", "inference"):
             raise ValueError(f"mode must be 'training' or 'inference', got {mode!r}.")
         config.validate()
+        # Training runs in Config.STRATEGY's strategy (made before any other op), detect() in none.
+        self._strategy = (make_strategy(config.STRATEGY) if mode == "training"
+                          else tf.distribute.get_strategy())
+        config = fit_replicas(config, self._strategy)
         self.mode = mode
         self.config = config
         self.model_dir = model_dir
@@ -170,7 +182,6 @@ class MaskRCNN:
                 # Process-wide: without it two processes' CPU runs part after a few steps.
                 # Not on GPUs, where crop_and_resize's gradient has no deterministic kernel.
                 tf.config.experimental.enable_op_determinism()
-        self._strategy = tf.distribute.get_strategy()
         with self._strategy.scope():
             self.keras_model = (build_training_model(config) if mode == "training"
                                 else build_inference_model(config))
@@ -192,16 +203,20 @@ class MaskRCNN:
         return last_checkpoint(self.model_dir, self.config.NAME)
 
     def set_log_dir(self, model_path=None):
-        """Set the run folder and checkpoint path; resume epoch numbering from `model_path`'s name."""
+        """Set the run folder and checkpoint path; resume epoch numbering from `model_path`'s name.
+
+        A new run folder is stamped with the time, the chief's on every worker."""
         self.epoch = 0
-        now = datetime.datetime.now()
-        if model_path:
-            m = re.match(r".*[/\\][\w-]+(\d{4})(\d{2})(\d{2})T(\d{2})(\d{2})[/\\]mask_rcnn_[\w-]+(\d{4})\.h5",
-                         str(model_path))
-            if m:
-                now = datetime.datetime(*map(int, m.groups()[:5]))
-                self.epoch = int(m.group(6))  # the next epoch to train, 0-based
-                print(f"Re-starting from epoch {self.epoch}")
+        m = model_path and re.match(
+            r".*[/\\][\w-]+(\d{4})(\d{2})(\d{2})T(\d{2})(\d{2})[/\\]mask_rcnn_[\w-]+(\d{4})\.h5",
+            str(model_path))
+        if m:
+            now = datetime.datetime(*map(int, m.groups()[:5]))
+            self.epoch = int(m.group(6))  # the next epoch to train, 0-based
+            print(f"Re-starting from epoch {self.epoch}")
+        else:
+            stamp = agree(self._strategy, [int(datetime.datetime.now().strftime("%Y%m%d%H%M"))])[0]
+            now = datetime.datetime.strptime(str(stamp), "%Y%m%d%H%M")
         name = run_name(self.config.NAME)
         self.log_dir = os.path.join(self.model_dir, "{}{:%Y%m%dT%H%M}".format(name, now))
         self.checkpoint_path = os.path.join(self.log_dir, f"mask_rcnn_{name}_{{epoch:04d}}.h5")
@@ -294,12 +309,13 @@ class MaskRCNN:
 
     def train(self, train_dataset, val_dataset, learning_rate, epochs, layers,
               augmentation=None, custom_callbacks=None, no_augmentation_sources=None, workers=2,
-              verbose="auto"):
+              verbose="auto", resume=False):
         """Train the layers selected by `layers` up to epoch `epochs` (a total, not a count).
 
         train_dataset, val_dataset: prepared `utils.Dataset`s, fed through
-        `mrcnn.pipeline.training_dataset` (`workers` images loaded in parallel
-        while the previous step runs); or a ready `tf.data.Dataset` of batches
+        `mrcnn.pipeline.build_pipeline` (`workers` images loaded in parallel
+        while the previous step runs; under a strategy, each worker loads its
+        own share of every epoch); or a ready `tf.data.Dataset` of batches
         (dicts keyed by input name, see `pipeline.batch_spec`), or a
         `dataset_fn(input_context)` returning one (see `pipeline.dataset_fn`),
         which the strategy calls once per input pipeline. val_dataset may be None.
@@ -307,18 +323,40 @@ class MaskRCNN:
         augmentation: an imgaug augmenter or a callable (image, masks) -> (image, masks),
         for a `utils.Dataset` (augment a ready tf.data pipeline inside it).
         verbose: Keras' progress display (0 for none, e.g. when a callback reports).
-        Writes TensorBoard logs and one checkpoint per epoch to `self.log_dir`.
+        resume: continue from the newest complete checkpoint under model_dir
+        (`find_last`) if there is one: its weights, epoch and data seed, and
+        its optimizer state when it was written by this same stage (epochs,
+        layers, learning_rate); without one, train from the current weights.
+        Writes TensorBoard logs and one checkpoint (weights, plus its
+        `training_state` file) per epoch to `self.log_dir`, on the chief only.
         With USE_RPN_ROIS False the heads train on POST_NMS_ROIS_TRAINING random
         RoIs around the GT boxes (`generate_random_rois`) instead of proposals.
-        With config.SEED set, each epoch's batches are a function of (SEED, epoch)
-        (see mrcnn.pipeline); so is the whole run on one device, TensorFlow's
-        random ops being seeded when the model is built.
+        Each epoch's batches are a function of (data seed, epoch) (see
+        mrcnn.pipeline), the data seed being config.SEED or, unset, drawn at
+        random (the chief's on every worker) and kept in the checkpoints; with
+        SEED set, the whole run on one device is, TensorFlow's random ops being
+        seeded when the model is built.
         """
         if self.mode != "training":
             raise ValueError("train() needs a model created with mode='training'.")
         layers = LAYER_PRESETS.get(layers, layers)
         config = self.config
+        strategy = self._strategy
+        stage = {"epochs": int(epochs), "layers": layers, "learning_rate": float(learning_rate)}
+        state = self._resume(stage) if resume else None
+        if resume and agree(strategy, [self.epoch])[0] != self.epoch:
+            raise ValueError(
+                f"resume: this worker found epoch {self.epoch} under {self.model_dir} but the "
+                "chief another; model_dir must be storage that every worker reads.")
+        data_seed = (config.SEED if config.SEED is not None else
+                     state["data_seed"] if state else agree(strategy, [random.randrange(2 ** 31)])[0])
+        replicas = strategy.num_replicas_in_sync
+        if config.SCALE_LEARNING_RATE and replicas > 1:
+            log(f"SCALE_LEARNING_RATE: learning rate {learning_rate} x {replicas} replicas")
+            learning_rate = learning_rate * replicas
         random_rois = 0 if config.USE_RPN_ROIS else config.POST_NMS_ROIS_TRAINING
+        with strategy.scope():
+            distributed = tf.distribute.has_strategy()
         loaders = []
 
         def feed(data, name, **kwargs):
@@ -326,12 +364,16 @@ class MaskRCNN:
             if isinstance(data, tf.data.Dataset):
                 return data
             if hasattr(data, "image_info"):
-                dataset, loader = build_pipeline(data, config, shuffle=True, random_rois=random_rois,
-                                                 workers=workers, epoch=self.epoch, **kwargs)
-                loaders.append(loader)
-                return dataset
+                def pipeline(input_context=None):
+                    dataset, loader = build_pipeline(
+                        data, config, shuffle=True, random_rois=random_rois, workers=workers,
+                        epoch=self.epoch, input_context=input_context, **kwargs)
+                    loaders.append(loader)
+                    return dataset
+                return strategy.distribute_datasets_from_function(pipeline) if distributed \
+                    else pipeline()
             if callable(data):
-                return self._strategy.distribute_datasets_from_function(data)
+                return strategy.distribute_datasets_from_function(data)
             raise ValueError(f"train(): {name} is a {type(data).__name__}; pass a prepared "
                              "utils.Dataset, a tf.data.Dataset of batches, or a function "
                              "input_context -> tf.data.Dataset.")
@@ -342,16 +384,19 @@ class MaskRCNN:
                              "utils.Dataset; augment a tf.data pipeline inside it.")
         train_data = feed(train_dataset, "train_dataset", augmentation=augmentation,
                           no_augmentation_sources=no_augmentation_sources,
-                          steps=config.STEPS_PER_EPOCH, seed=config.SEED)
+                          steps=config.STEPS_PER_EPOCH, seed=data_seed)
         val_data = None
         if val_dataset is not None and config.VALIDATION_STEPS > 0:
             val_data = feed(val_dataset, "val_dataset", steps=config.VALIDATION_STEPS,
-                            seed=None if config.SEED is None else config.SEED + 1)
+                            seed=data_seed + 1)
 
-        os.makedirs(self.log_dir, exist_ok=True)
-        callbacks = [_StopOnNaN(self.log_dir),
-                     keras.callbacks.TensorBoard(log_dir=self.log_dir, histogram_freq=0, write_graph=False),
-                     _Checkpoint(self.checkpoint_path)] + list(custom_callbacks or [])
+        callbacks = [_StopOnNaN(self.log_dir)]
+        if is_chief(strategy):   # the other workers write nothing
+            os.makedirs(self.log_dir, exist_ok=True)
+            callbacks += [keras.callbacks.TensorBoard(log_dir=self.log_dir, histogram_freq=0,
+                                                      write_graph=False),
+                          _Checkpoint(self.checkpoint_path, stage, data_seed)]
+        callbacks += list(custom_callbacks or [])
 
         log("\nStarting at epoch {}. LR={}\n".format(self.epoch, learning_rate))
         log("Checkpoint Path: {}".format(self.checkpoint_path))
@@ -360,6 +405,12 @@ class MaskRCNN:
         if epochs <= self.epoch:
             log(f"Already trained up to epoch {self.epoch}; pass epochs > {self.epoch} to train more.")
             return None
+        if state and state["stage"] == stage:
+            with strategy.scope():
+                restore_optimizer(self.keras_model.optimizer, self.keras_model.trainable_variables,
+                                  state["optimizer"])
+            log(f"Restored the optimizer state of epoch {state['epoch']} "
+                f"({int(self.keras_model.optimizer.iterations.numpy())} steps).")
         retrace_filter = _FirstTraceAfterCompile(self.keras_model)
         tf.get_logger().addFilter(retrace_filter)
         try:
@@ -369,16 +420,42 @@ class MaskRCNN:
                 validation_data=val_data,
                 validation_steps=self.config.VALIDATION_STEPS if val_data else None,
                 shuffle=False, verbose=verbose)   # the pipeline shuffles
-        except tf.errors.OpError:
+        except tf.errors.OpError as e:
             # A loading error stops the pipeline inside TensorFlow: raise the user's own error.
             for loader in loaders:
                 if loader.rules.error is not None:
                     raise loader.rules.error from None
+            failure = worker_failure(e, strategy, self._checkpoint_hint())
+            if failure is not None:
+                raise failure from None
             raise
         finally:
             tf.get_logger().removeFilter(retrace_filter)
         self.epoch = max(self.epoch, epochs)
         return history
+
+    def _checkpoint_hint(self):
+        """Where training would resume from, for error messages."""
+        try:
+            return f"the newest complete checkpoint is {self.find_last()}"
+        except FileNotFoundError:
+            return f"no epoch was completed yet (checkpoints go to {self.log_dir})"
+
+    def _resume(self, stage):
+        """Load the newest complete checkpoint, if any, and return its training state (or None)."""
+        try:
+            path = self.find_last()
+        except FileNotFoundError:
+            log(f"resume: no checkpoint of {self.config.NAME!r} under {self.model_dir}; "
+                f"training from the current weights, epoch {self.epoch}.")
+            return None
+        self.load_weights(path, by_name=True)
+        state = load_state(state_path(path))
+        if state is None:
+            log(f"resume: {path} has no training state beside it; a fresh optimizer.")
+        elif state["stage"] != stage:
+            log(f"resume: {path} ends an earlier stage ({state['stage']}); a fresh optimizer.")
+        return state
 
     # ------------------------------------------------------------ inference
 
@@ -580,17 +657,45 @@ def inference_model(source, weights=None, images_per_batch=1, model_dir=None, ve
     return detector
 
 
+class _ClipSummedGradient:
+    """A Keras optimizer that clips (global_clipnorm) the gradient of the whole batch.
+
+    Keras 3 clips each replica's gradient before the TensorFlow backend sums
+    them across replicas, so under tf.distribute the clipped step was not one
+    device's; here the sum is clipped, as one device clips the batch's gradient.
+    """
+
+    def _clip_gradients(self, grads):
+        return grads      # clipped after the sum, below
+
+    def _all_reduce_sum_gradients(self, grads_and_vars):
+        summed = super()._all_reduce_sum_gradients(grads_and_vars)
+        clipped = super()._clip_gradients([g for g, _ in summed])
+        return [(g, v) for g, (_, v) in zip(clipped, summed)]
+
+
+@keras.saving.register_keras_serializable("mrcnn")
+class SGD(_ClipSummedGradient, keras.optimizers.SGD):
+    """keras.optimizers.SGD, clipping the gradient summed over replicas."""
+
+
+@keras.saving.register_keras_serializable("mrcnn")
+class Adam(_ClipSummedGradient, keras.optimizers.Adam):
+    """keras.optimizers.Adam, clipping the gradient summed over replicas."""
+
+
 def make_optimizer(config, learning_rate, momentum):
     """config.OPTIMIZER: SGD with `momentum`, or Adam with beta_1 = `momentum`.
 
     Gradients are scaled by GRADIENT_CLIP_NORM / global norm when the norm of
     all gradients together exceeds GRADIENT_CLIP_NORM, as matterport's Keras 2
-    `clipnorm` did (Keras 3's `clipnorm` clips each variable on its own).
+    `clipnorm` did (Keras 3's `clipnorm` clips each variable on its own); under
+    tf.distribute, the norm of the gradient summed over replicas.
     """
     clip = {"global_clipnorm": config.GRADIENT_CLIP_NORM} if config.GRADIENT_CLIP_NORM else {}
     if config.OPTIMIZER == "adam":
-        return keras.optimizers.Adam(learning_rate=learning_rate, beta_1=momentum, **clip)
-    return keras.optimizers.SGD(learning_rate=learning_rate, momentum=momentum, **clip)
+        return Adam(learning_rate=learning_rate, beta_1=momentum, **clip)
+    return SGD(learning_rate=learning_rate, momentum=momentum, **clip)
 
 
 def run_name(config_name):

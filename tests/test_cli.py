@@ -70,7 +70,7 @@ def test_help_documents_every_command(capsys):
     assert exit_info.value.code == 0 and out.startswith("usage: mrcnn")
     assert all(command in out for command in ("train", "evaluate", "detect", "export"))
     for command, options in (("train", ["--dataset", "--format", "--weights", "--layers", "--epochs",
-                                        "--config", "--eval-every"]),
+                                        "--config", "--eval-every", "--strategy", "--resume"]),
                              ("evaluate", ["--dataset", "--limit", "--output", "--results"]),
                              ("detect", ["--images", "--dataset", "--output", "--results", "--no-png"]),
                              ("export", ["--weights", "--output"])):
@@ -141,8 +141,8 @@ def test_train_evaluate_detect_export(tmp_path):
               "--epochs", "1", "--eval-every", "1", "--eval-limit", "2", "--workers", "1", *TINY,
               "STEPS_PER_EPOCH=2", "IMAGES_PER_GPU=2", "VALIDATION_STEPS=0")
     assert "6 images, 2 classes (square, disk)" in out and "val_segm_AP" in out
-    checkpoints = [f for _, _, files in os.walk(logs) for f in files if f.endswith(".h5")]
-    assert checkpoints == ["mask_rcnn_cli_0001.h5"]
+    checkpoints = sorted(f for _, _, files in os.walk(logs) for f in files if f.endswith(".h5"))
+    assert checkpoints == ["mask_rcnn_cli_0001.h5", "mask_rcnn_cli_0001.state.h5"]
 
     metrics_path, results_path = str(tmp_path / "metrics.json"), str(tmp_path / "results.json")
     out = run("evaluate", *data, "--output", metrics_path, "--results", results_path, *TINY)
@@ -208,12 +208,37 @@ def test_train_weights_coco_downloads_and_drops_the_class_heads_and_exclude_drop
     assert cached.read_bytes() == (tmp_path / "srv" / "mask_rcnn_coco.h5").read_bytes()
     assert f"Loading weights {cached} (excluding lite_c3b_conv, heads_for_new_classes)" in out
 
-    (checkpoint,) = [os.path.join(d, f) for d, _, fs in os.walk(logs) for f in fs if f.endswith(".h5")]
+    (checkpoint,) = [os.path.join(d, f) for d, _, fs in os.walk(logs) for f in fs
+                     if f.endswith(".h5") and not f.endswith(".state.h5")]
     trained = dict(read_values(checkpoint))
     assert [w.shape for w in trained["mrcnn_class_logits"]] == [(256, 3), (3,)]   # 3 classes, not 81
     for name in ("lite_c1a_conv", "lite_c3a_conv", "lite_c3a_bn", "lite_c4b_conv"):
         assert all(np.array_equal(a, b) for a, b in zip(trained[name], served[name])), name
     assert not np.array_equal(trained["lite_c3b_conv"][0], served["lite_c3b_conv"][0])
+
+
+@pytest.mark.large
+def test_train_resume_continues_from_the_newest_checkpoint_and_skips_weights(tmp_path, capsys):
+    """--resume without a checkpoint starts from --weights; with one, it continues from it
+    (epoch count, run folder) and does not load --weights (here a file that does not exist)."""
+    annotations, images_dir = write_coco(str(tmp_path))
+    logs = str(tmp_path / "logs")
+    train = ["train", "--dataset", annotations, "--image-dir", images_dir, "--format", "coco",
+             "--logs", logs, "--layers", "heads", "--workers", "1", "--resume", "--strategy",
+             "none", *TINY, "STEPS_PER_EPOCH=1", "VALIDATION_STEPS=0"]
+    assert cli.main(train + ["--weights", "none", "--epochs", "1"]) == 0
+    assert f"--resume: no checkpoint under {logs} yet; starting from --weights none" in \
+        capsys.readouterr().out
+    assert cli.main(train + ["--weights", str(tmp_path / "missing.h5"), "--epochs", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "Re-starting from epoch 1" in out and "Loading weights" not in out
+    (run_dir,) = os.listdir(logs)
+    assert sorted(os.listdir(os.path.join(logs, run_dir)))[:4] == [
+        "mask_rcnn_cli_0001.h5", "mask_rcnn_cli_0001.state.h5",
+        "mask_rcnn_cli_0002.h5", "mask_rcnn_cli_0002.state.h5"]
+    with pytest.raises(SystemExit):
+        cli.main(["train", "--strategy", "gpus"])
+    assert "invalid choice: 'gpus'" in capsys.readouterr().err
 
 
 def read_values(path):

@@ -3,6 +3,7 @@ border and its aligned option, and seeded runs."""
 
 import re
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -60,6 +61,8 @@ def test_gradient_clip_norm_clips_the_global_norm():
 
     adam = modellib.make_optimizer(make_config(OPTIMIZER="adam"), 1e-3, 0.9)
     assert adam.global_clipnorm == 5.0 and adam.clipnorm is None
+    restored = keras.optimizers.deserialize(keras.optimizers.serialize(adam))  # registered
+    assert type(restored) is modellib.Adam and restored.global_clipnorm == 5.0
 
 
 def _bn_statistics(model):

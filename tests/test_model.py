@@ -119,7 +119,8 @@ def test_checkpoints_per_epoch_and_find_last(trained):
     assert model.epoch == 6
     files = sorted(os.listdir(model.log_dir))
     checkpoints = [f for f in files if f.endswith(".h5")]
-    assert checkpoints == [f"mask_rcnn_tiny_{e:04d}.h5" for e in range(1, 7)]
+    assert checkpoints == sorted([f"mask_rcnn_tiny_{e:04d}{kind}.h5" for e in range(1, 7)
+                                  for kind in ("", ".state")])
     assert model.find_last() == os.path.join(model.log_dir, "mask_rcnn_tiny_0006.h5")
     # TensorBoard gets every loss by name.
     events = b"".join(open(os.path.join(root, f), "rb").read()
