@@ -113,9 +113,10 @@ class Dataset:
         bool to 0/255. A missing or unreadable file raises an error naming the
         image id and path.
         """
-        path = self.image_info[image_id]["path"]
+        info = self.image_info[image_id]
+        path = info["path"]
         if path is None or not os.path.isfile(str(path)):
-            raise FileNotFoundError(f"Image {image_id} (source {self.image_info[image_id]['source']!r}): "
+            raise FileNotFoundError(f"Image {image_id} (source {info['source']!r}, id {info['id']!r}): "
                                     f"no file at path {path!r}. Fix the path given to add_image() or "
                                     "override load_image() for images that are not files.")
         try:

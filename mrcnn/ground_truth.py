@@ -75,22 +75,36 @@ def load_image_gt(dataset, config, image_id, augmentation=None, use_mini_mask=No
     Returns image [H, W, C], image_meta (see
     `compose_image_meta`), class_ids [N] int32, bbox [N, (y1, x1, y2, x2)]
     int32 and bool masks [H, W, N] (or [*MINI_MASK_SHAPE, N]). Instances whose
-    mask is empty after resizing or augmentation are dropped together with
-    their class id. Negative class ids (COCO crowds) are kept.
+    mask is empty (in load_mask's output, or after resizing or augmentation)
+    are dropped together with their class id; none left is an image without
+    instances. Negative class ids (COCO crowds) are kept.
 
-    Raises ValueError naming the image when load_image/load_mask return data
-    that cannot be used (mask size differing from the image, class ids out of
-    range, mask and class id counts differing).
+    load_mask may return masks as bool, as integers (non-zero is set: 0/1 or
+    0/255 images), or as floats holding only 0 and 1; class ids of any
+    integer dtype, or integral floats. Anything else (soft or NaN float
+    masks, object or string arrays, an HxW mask, N differing between masks
+    and class ids, masks of another size than the image, class ids 0 or
+    outside -(NUM_CLASSES - 1)..NUM_CLASSES - 1, an image that resizing would
+    shrink to less than a pixel across) raises ValueError naming the image
+    (`_describe`) and the fix.
     """
     if use_mini_mask is None:
         use_mini_mask = config.USE_MINI_MASK
     _check_dataset(dataset, config)
-    image = _checked_image(dataset.load_image(image_id), image_id, config)
-    mask, class_ids = _checked_mask(*dataset.load_mask(image_id), image, image_id, config)
+    name = _describe(dataset, image_id)
+    image = to_channels(dataset.load_image(image_id), config.IMAGE_CHANNEL_COUNT,
+                        f"Image {name}, from load_image,")
+    mask, class_ids = _checked_mask(dataset.load_mask(image_id), image, name, config)
     original_shape = image.shape
-    image, window, scale, padding, crop = utils.resize_image(
-        image, min_dim=config.IMAGE_MIN_DIM, min_scale=config.IMAGE_MIN_SCALE,
-        max_dim=config.IMAGE_MAX_DIM, mode=config.IMAGE_RESIZE_MODE, rng=rng)
+    with np.errstate(divide="ignore"):  # skimage's, for a side resized to 0; raised below
+        image, window, scale, padding, crop = utils.resize_image(
+            image, min_dim=config.IMAGE_MIN_DIM, min_scale=config.IMAGE_MIN_SCALE,
+            max_dim=config.IMAGE_MAX_DIM, mode=config.IMAGE_RESIZE_MODE, rng=rng)
+    if window[2] <= window[0] or window[3] <= window[1]:
+        raise ValueError(f"Image {name} is {original_shape[0]}x{original_shape[1]} pixels: "
+                         f"resized to IMAGE_MAX_DIM {config.IMAGE_MAX_DIM} it would be "
+                         f"{window[2] - window[0]}x{window[3] - window[1]}. Crop or tile such "
+                         "elongated images, or raise IMAGE_MAX_DIM.")
     mask = utils.resize_mask(mask, scale, padding, crop)
 
     if augment:
@@ -130,16 +144,14 @@ def _check_dataset(dataset, config):
         raise ValueError("The dataset has no images; add_image() some before training.")
 
 
-def _checked_image(image, image_id, config):
-    """The loaded image as [H, W, IMAGE_CHANNEL_COUNT] (see `dataset.to_channels`)."""
-    return to_channels(image, config.IMAGE_CHANNEL_COUNT, f"Image {image_id} (from load_image)")
-
-
-def _checked_mask(mask, class_ids, image, image_id, config):
-    """Validate load_mask's output; returns bool masks [H, W, N] and int32 class ids [N]."""
-    where = f"Image {image_id}: load_mask returned"
-    class_ids = np.asarray(class_ids).reshape(-1)
-    mask = np.asarray(mask)
+def _checked_mask(loaded, image, name, config):
+    """Validate load_mask's output (see `load_image_gt`); bool masks [H, W, N], int32 class ids [N]."""
+    where = f"Image {name}: load_mask returned"
+    if not (isinstance(loaded, tuple | list) and len(loaded) == 2):
+        raise ValueError(f"{where} a {type(loaded).__name__}, not (masks, class_ids). Return "
+                         "a pair: bool masks [H, W, N] and int32 class ids [N].")
+    mask, class_ids = (np.asarray(v) for v in loaded)
+    class_ids = class_ids.reshape(-1)
     if mask.ndim != 3:
         raise ValueError(f"{where} masks of shape {mask.shape}. Return [H, W, N] masks, one "
                          "channel per instance (mask[..., np.newaxis] for a single instance).")
@@ -152,17 +164,27 @@ def _checked_mask(mask, class_ids, image, image_id, config):
         raise ValueError(f"{where} masks of size {mask.shape[:2]} for an image of size "
                          f"{image.shape[:2]}. Return masks the size of the image returned "
                          "by load_image.")
+    if mask.dtype.kind not in "biuf" or (mask.dtype.kind == "f" and not np.all(
+            (mask == 0) | (mask == 1))):
+        what = (f"float masks with values other than 0 and 1 (e.g. {_odd_value(mask)})"
+                if mask.dtype.kind == "f" else f"masks of dtype {mask.dtype}")
+        raise ValueError(f"{where} {what}. Return bool masks; threshold soft masks yourself, "
+                         "e.g. mask >= 0.5.")
     if class_ids.dtype.kind not in "iu" and (
             class_ids.dtype.kind != "f" or not np.array_equal(class_ids, np.round(class_ids))):
         raise ValueError(f"{where} non-integer class ids {class_ids}. Return int32 class ids.")
-    class_ids = class_ids.astype(np.int32)
     bad = (np.abs(class_ids) < 1) | (np.abs(class_ids) >= config.NUM_CLASSES)
-    if np.any(bad):
+    if np.any(bad):  # checked before the cast to int32, which would wrap large ids
         raise ValueError(f"{where} class ids {sorted(set(class_ids[bad].tolist()))} outside "
                          f"1..{config.NUM_CLASSES - 1} (NUM_CLASSES is {config.NUM_CLASSES}; "
                          "0 is the background, negative ids mark COCO crowds). Return ids of "
                          "classes registered with add_class, or raise NUM_CLASSES.")
-    return mask.astype(bool), class_ids
+    return mask.astype(bool), class_ids.astype(np.int32)
+
+
+def _odd_value(mask):
+    """A value of a float mask that is neither 0 nor 1."""
+    return mask[(mask != 0) & (mask != 1)].flat[0]
 
 
 def _augment(image, mask, augmentation, image_id, rng=None):
@@ -308,7 +330,9 @@ class SkipRules:
     once; the last load error after more than MAX_CONSECUTIVE_ERRORS in a
     row (a note says so); a ValueError when 2 * len(image_ids) images in a
     row had no instances (a whole shuffled pass, or more, had none).
-    `who` names the loop in those errors.
+    `who` names the loop in those errors. Every skipped image is one log
+    record carrying the running totals, which `no_instances` and `failed`
+    also hold (images skipped so far without instances, and failing to load).
     """
 
     def __init__(self, who, dataset, config):
@@ -320,7 +344,8 @@ class SkipRules:
         self._lock = threading.Lock()
         self._failures = 0     # images that failed to load in a row
         self._empty = 0        # images without instances in a row
-        self._skipped = 0      # images without instances, in all
+        self.no_instances = 0  # images without instances, in all
+        self.failed = 0        # images that failed to load, in all
 
     def load(self, image_id, anchors, augmentation, random_rois, detection_targets=False,
              augment=False, rng=None):
@@ -332,11 +357,12 @@ class SkipRules:
             self.error = e
             raise
         except Exception as e:
-            logger.error("Error processing image %s; skipped.", _describe(self.dataset, image_id),
-                         exc_info=True)
             with self._lock:
                 self._failures += 1
-                failures = self._failures
+                self.failed += 1
+                failures, failed = self._failures, self.failed
+            logger.error("Error processing image %s; skipped (%d failed to load so far).",
+                         _describe(self.dataset, image_id), failed, exc_info=True)
             if failures > MAX_CONSECUTIVE_ERRORS:
                 e.add_note(f"{self.who}: {failures} images in a row failed to load; the last "
                            "error is raised.")
@@ -346,10 +372,10 @@ class SkipRules:
         with self._lock:
             self._failures = 0
             self._empty = 0 if sample is not None else self._empty + 1
-            self._skipped += sample is None
-            empty, skipped = self._empty, self._skipped
+            self.no_instances += sample is None
+            empty, skipped = self._empty, self.no_instances
         if sample is None:
-            logger.warning("Image %s has no instances; skipped (%d skipped so far).",
+            logger.warning("Image %s has no instances (crowds aside); skipped (%d skipped so far).",
                            _describe(self.dataset, image_id), skipped)
             if empty >= 2 * len(self.dataset.image_ids):
                 self.error = ValueError(f"{self.who}: no image of the dataset has instances "
@@ -359,7 +385,7 @@ class SkipRules:
 
 
 def _describe(dataset, image_id):
-    """Image id with its source, source id and path, for log messages."""
+    """Image id with its source, source id and path, for messages."""
     info = dataset.image_info[image_id]
     return f"{image_id} (source {info.get('source')!r}, id {info.get('id')!r}, path {info.get('path')!r})"
 

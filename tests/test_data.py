@@ -270,11 +270,11 @@ class Broken(ShapesDataset):
 
 
 @pytest.mark.parametrize("fault, message", [
-    ("size", r"Image 0: load_mask returned masks of size \(100, 128\) for an image of size \(128, 128\)"),
-    ("count", r"Image 0: load_mask returned \d masks but \d class ids"),
-    ("zero", r"Image 0: load_mask returned class ids \[0\] outside 1..2"),
-    ("high", r"Image 0: .*class ids \[7\] outside 1..2 \(NUM_CLASSES is 3"),
-    ("2d", r"Image 0: .*shape \(128, 128\).*np.newaxis"),
+    ("size", r"Image 0 \(source .*\): load_mask returned masks of size \(100, 128\) for an image of size \(128, 128\)"),
+    ("count", r"Image 0 \(source .*\): load_mask returned \d masks but \d class ids"),
+    ("zero", r"Image 0 \(source .*\): load_mask returned class ids \[0\] outside 1..2"),
+    ("high", r"Image 0 \(source .*\): .*class ids \[7\] outside 1..2 \(NUM_CLASSES is 3"),
+    ("2d", r"Image 0 \(source .*\): .*shape \(128, 128\).*np.newaxis"),
 ])
 def test_bad_load_mask_output_is_explained(config, fault, message):
     with pytest.raises(ValueError, match=message):
