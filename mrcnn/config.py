@@ -14,6 +14,7 @@ attribute and the fix when it is constructed (and again when a model is built,
 so attributes changed on an instance are checked too).
 """
 
+import math
 import numbers
 
 import numpy as np
@@ -22,7 +23,7 @@ from mrcnn.image_meta import meta_size
 
 __all__ = [
     "RESIZE_MODES", "BACKBONES", "OPTIMIZERS", "DETECTION_CLASS_MODES", "PRECISIONS",
-    "STRATEGIES", "LOSS_NAMES", "Config",
+    "STRATEGIES", "LOSS_NAMES", "INT32_MAX", "Config",
 ]
 
 RESIZE_MODES = ("none", "square", "pad64", "crop")
@@ -33,6 +34,8 @@ PRECISIONS = (None, "mixed_float16", "mixed_bfloat16")
 STRATEGIES = ("auto", "none", "mirrored", "multi-worker")
 LOSS_NAMES = ("rpn_class_loss", "rpn_bbox_loss", "mrcnn_class_loss",
               "mrcnn_bbox_loss", "mrcnn_mask_loss")
+# The largest count a setting may hold: TensorFlow's shapes and indices are int32.
+INT32_MAX = 2 ** 31 - 1
 
 
 class Config:
@@ -222,8 +225,8 @@ class Config:
     XLA = False
 
     def __init__(self):
+        self._validate_settings()
         self.__dict__.update(self.computed_settings())
-        self.validate()
 
     def computed_settings(self):
         """BATCH_SIZE, IMAGE_SHAPE and IMAGE_META_SIZE as the other settings give them.
@@ -251,29 +254,62 @@ class Config:
     def validate(self):
         """Raise ValueError naming the attribute and the fix if this config cannot work.
 
+        Every public setting is checked for its type and range (a count is an
+        int >= 1 below 2**31, a rate a finite number, a flag a bool, ...).
         Runs when the config is created and when a `MaskRCNN` is built from it
         (so attributes changed on an instance are checked too)."""
+        self._validate_settings()
+        self._validate_computed()
+
+    # ------------------------------------------------------------ validation helpers
+
+    def _validate_settings(self):
+        """Every check but `_validate_computed`, types first, so no check meets a wrong type."""
         self._validate_numbers()
         self._validate_choices()
         self._validate_backbone_and_anchors()
         self._validate_image_size()
         self._validate_heads()
-        self._validate_computed()
-
-    # ------------------------------------------------------------ validation helpers
 
     def _fail(self, attr, problem, fix):
         raise ValueError(f"{type(self).__name__}.{attr} {problem}. {fix}")
 
-    def _check_int(self, attr, minimum):
-        value = getattr(self, attr)
-        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
-            self._fail(attr, f"is {value!r}", f"Set it to an integer >= {minimum}.")
+    def _check_int(self, attr, minimum, value=None, what=""):
+        """An int in minimum..INT32_MAX (graph shapes are int32); `value`: an element of attr."""
+        value = getattr(self, attr) if value is None else value
+        if isinstance(value, bool | np.bool_) or not isinstance(value, numbers.Integral) or \
+                not minimum <= value <= INT32_MAX:
+            self._fail(attr, f"{what}is {value!r}",
+                       f"Set it to an integer from {minimum} to {INT32_MAX}.")
 
-    def _check_fraction(self, attr):
+    def _check_real(self, attr, minimum=0.0, maximum=math.inf, *, positive=False, below=False,
+                    value=None, what=""):
+        """A finite number >= minimum (> 0 when `positive`) and <= maximum (< when `below`)."""
+        value = getattr(self, attr) if value is None else value
+        ok = (not isinstance(value, bool | np.bool_) and isinstance(value, numbers.Real)
+              and math.isfinite(value) and value >= minimum and not (positive and value <= 0)
+              and (value < maximum if below else value <= maximum))
+        if not ok:
+            low = "a positive" if positive else "a" if minimum == -math.inf else f"a >= {minimum:g}"
+            high = "" if maximum == math.inf else f" and {'<' if below else '<='} {maximum:g}"
+            self._fail(attr, f"{what}is {value!r}", f"Set it to {low} finite number{high}.")
+
+    def _check_numbers(self, attr, length=None, integers=False):
+        """A list, tuple or 1-D array of `length` (any when None, at least one) positive
+        numbers, integers when `integers`; returns it as a list."""
         value = getattr(self, attr)
-        if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 <= value <= 1:
-            self._fail(attr, f"is {value!r}", "Set it to a number between 0 and 1.")
+        if not (isinstance(value, list | tuple) or (isinstance(value, np.ndarray)
+                                                   and value.ndim == 1)) or \
+                len(value) != (length or len(value)) or len(value) == 0:
+            count = f"{length}" if length else "one or more"
+            self._fail(attr, f"is {value!r}", f"Give a list of {count} positive "
+                       f"{'integers' if integers else 'numbers'}.")
+        for v in value:
+            if integers:
+                self._check_int(attr, 1, v, f"holds {v!r}: it ")
+            else:
+                self._check_real(attr, positive=True, value=v, what=f"holds {v!r}: it ")
+        return list(value)
 
     def _validate_numbers(self):
         """Counts, flags, fractions and rates: each of the right kind and range."""
@@ -283,50 +319,64 @@ class Config:
                      "TRAIN_ROIS_PER_IMAGE", "POOL_SIZE", "MASK_POOL_SIZE",
                      "MAX_GT_INSTANCES", "DETECTION_MAX_INSTANCES",
                      "FPN_CLASSIF_FC_LAYERS_SIZE", "TOP_DOWN_PYRAMID_SIZE",
-                     "IMAGE_CHANNEL_COUNT"):
+                     "IMAGE_CHANNEL_COUNT", "IMAGE_MAX_DIM", "ROI_ALIGN_SAMPLING_RATIO"):
             self._check_int(attr, 1)
         self._check_int("VALIDATION_STEPS", 0)
-        self._check_int("ROI_ALIGN_SAMPLING_RATIO", 1)
-        if self.SEED is not None:
-            self._check_int("SEED", 0)
+        if self.IMAGE_MIN_DIM is not None:
+            self._check_int("IMAGE_MIN_DIM", 1)
+        if self.SEED is not None and (isinstance(self.SEED, bool | np.bool_) or not isinstance(
+                self.SEED, numbers.Integral) or not 0 <= self.SEED < 2 ** 32):
+            self._fail("SEED", f"is {self.SEED!r}", "Set it to None or an integer from 0 to "
+                       "2**32 - 1 (numpy's seed range).")
+        if not (self.NAME is None or isinstance(self.NAME, str) and self.NAME.strip()
+                and not set("/\\") & set(self.NAME)):
+            self._fail("NAME", f"is {self.NAME!r}", "Set it to a short name without slashes "
+                       "(it names the log folder and the checkpoints), or None.")
         for attr, meaning in (("TRAIN_BN", "None or True (train BatchNorm) or False (freeze it)"),
                               ("ROI_ALIGN_ALIGNED", "True or False"),
                               ("SYNC_BATCH_NORM", "True (batch statistics over all replicas) "
                                                   "or False"),
                               ("SCALE_LEARNING_RATE", "True (learning rate x replicas) or False"),
                               ("XLA", "True (compile the backbone, FPN and RPN head with XLA) "
-                                      "or False")):
+                                      "or False"),
+                              ("USE_MINI_MASK", "True (masks cropped to their box) or False"),
+                              ("USE_RPN_ROIS", "True (RoIs from the RPN) or False (given RoIs)")):
             value = getattr(self, attr)
-            if not (isinstance(value, (bool, np.bool_)) or (value is None and attr == "TRAIN_BN")):
+            if not (isinstance(value, bool | np.bool_) or (value is None and attr == "TRAIN_BN")):
                 self._fail(attr, f"is {value!r}", f"Set it to {meaning}, not a string or number.")
         for attr in ("RPN_NMS_THRESHOLD", "ROI_POSITIVE_RATIO", "DETECTION_MIN_CONFIDENCE",
-                     "DETECTION_NMS_THRESHOLD", "LEARNING_MOMENTUM"):
-            self._check_fraction(attr)
-        for attr in ("LEARNING_RATE", "WEIGHT_DECAY", "GRADIENT_CLIP_NORM", "IMAGE_MIN_SCALE"):
-            value = getattr(self, attr)
-            if not isinstance(value, numbers.Real) or value < 0 or (attr == "LEARNING_RATE" and value == 0):
-                self._fail(attr, f"is {value!r}", "Set it to a positive number.")
+                     "DETECTION_NMS_THRESHOLD"):
+            self._check_real(attr, 0, 1)
+        self._check_real("LEARNING_MOMENTUM", 0, 1, below=True)  # 1: Adam divides by 0
+        self._check_real("LEARNING_RATE", positive=True)
+        for attr in ("WEIGHT_DECAY", "IMAGE_MIN_SCALE"):
+            self._check_real(attr)
+        if self.GRADIENT_CLIP_NORM is not None:   # None or 0: no clipping
+            self._check_real("GRADIENT_CLIP_NORM")
 
     def _validate_choices(self):
-        """OPTIMIZER, DETECTION_CLASS_MODE, STRATEGY and MIXED_PRECISION: one of their names."""
-        if self.OPTIMIZER not in OPTIMIZERS:
-            self._fail("OPTIMIZER", f"is {self.OPTIMIZER!r}", f"Use one of {', '.join(OPTIMIZERS)}.")
+        """OPTIMIZER, DETECTION_CLASS_MODE, STRATEGY, MIXED_PRECISION and IMAGE_RESIZE_MODE:
+        one of their names."""
+        for attr, choices in (("OPTIMIZER", OPTIMIZERS), ("STRATEGY", STRATEGIES),
+                              ("IMAGE_RESIZE_MODE", RESIZE_MODES)):
+            value = getattr(self, attr)
+            if not isinstance(value, str) or value not in choices:
+                hint = (", or enter a tf.distribute strategy's scope before creating the model"
+                        if attr == "STRATEGY" else "")
+                self._fail(attr, f"is {value!r}",
+                           f"Use one of {', '.join(repr(c) for c in choices)}{hint}.")
         mode = self.DETECTION_CLASS_MODE
         if not isinstance(mode, str) or mode not in DETECTION_CLASS_MODES:
             self._fail("DETECTION_CLASS_MODE", f"is {mode!r}",
                        "Use 'argmax' (matterport's: each RoI's top class) or 'per_class' "
                        "(torchvision's: every class above DETECTION_MIN_CONFIDENCE).")
-        if not isinstance(self.STRATEGY, str) or self.STRATEGY not in STRATEGIES:
-            self._fail("STRATEGY", f"is {self.STRATEGY!r}",
-                       f"Use one of {', '.join(repr(s) for s in STRATEGIES)}, or enter a "
-                       "tf.distribute strategy's scope before creating the model.")
         precision = self.MIXED_PRECISION
         if not (precision is None or isinstance(precision, str)) or precision not in PRECISIONS:
             self._fail("MIXED_PRECISION", f"is {precision!r}",
                        "Use None (no mixed precision), 'mixed_float16' or 'mixed_bfloat16'.")
 
     def _validate_backbone_and_anchors(self):
-        """A known or callable BACKBONE, and one anchor scale per pyramid level."""
+        """A known or callable BACKBONE, strides, and one anchor scale per pyramid level."""
         if isinstance(self.BACKBONE, str):
             if self.BACKBONE not in BACKBONES:
                 self._fail("BACKBONE", f"is {self.BACKBONE!r}, an unknown backbone",
@@ -339,23 +389,20 @@ class Config:
         else:
             self._fail("BACKBONE", f"is {self.BACKBONE!r}",
                        f"Use one of {', '.join(BACKBONES)} or a callable.")
+        if not (self.COMPUTE_BACKBONE_SHAPE is None or callable(self.COMPUTE_BACKBONE_SHAPE)):
+            self._fail("COMPUTE_BACKBONE_SHAPE", f"is {self.COMPUTE_BACKBONE_SHAPE!r}",
+                       "Set it to None or a function image_shape -> [[height, width] per level].")
 
-        if len(self.RPN_ANCHOR_SCALES) != len(self.BACKBONE_STRIDES):
-            self._fail("RPN_ANCHOR_SCALES", f"has {len(self.RPN_ANCHOR_SCALES)} entries but "
-                       f"BACKBONE_STRIDES has {len(self.BACKBONE_STRIDES)}",
+        strides = self._check_numbers("BACKBONE_STRIDES", integers=True)
+        scales = self._check_numbers("RPN_ANCHOR_SCALES")
+        if len(scales) != len(strides):
+            self._fail("RPN_ANCHOR_SCALES", f"has {len(scales)} entries but "
+                       f"BACKBONE_STRIDES has {len(strides)}",
                        "Give one anchor scale per pyramid level.")
-        if len(self.RPN_ANCHOR_RATIOS) == 0 or min(self.RPN_ANCHOR_RATIOS) <= 0:
-            self._fail("RPN_ANCHOR_RATIOS", f"is {self.RPN_ANCHOR_RATIOS!r}",
-                       "Give one or more positive width/height ratios.")
+        self._check_numbers("RPN_ANCHOR_RATIOS")
 
     def _validate_image_size(self):
-        """The resize mode, image sizes the pyramid can halve 6 times, one MEAN_PIXEL per channel."""
-        if self.IMAGE_RESIZE_MODE not in RESIZE_MODES:
-            self._fail("IMAGE_RESIZE_MODE", f"is {self.IMAGE_RESIZE_MODE!r}",
-                       f"Use one of {', '.join(RESIZE_MODES)}.")
-        self._check_int("IMAGE_MAX_DIM", 64)
-        if self.IMAGE_MIN_DIM is not None:
-            self._check_int("IMAGE_MIN_DIM", 1)
+        """Image sizes the pyramid can halve 6 times, one finite MEAN_PIXEL per channel."""
         if self.IMAGE_RESIZE_MODE in ("square", "none") and self.IMAGE_MAX_DIM % 64:
             self._fail("IMAGE_MAX_DIM", f"is {self.IMAGE_MAX_DIM}, not a multiple of 64 "
                        "(the image is halved 6 times through the pyramid)",
@@ -370,34 +417,39 @@ class Config:
             self._fail("IMAGE_MIN_DIM", f"({self.IMAGE_MIN_DIM}) is larger than IMAGE_MAX_DIM "
                        f"({self.IMAGE_MAX_DIM})", "Make IMAGE_MIN_DIM <= IMAGE_MAX_DIM.")
 
-        if len(np.ravel(self.MEAN_PIXEL)) != self.IMAGE_CHANNEL_COUNT:
-            self._fail("MEAN_PIXEL", f"has {len(np.ravel(self.MEAN_PIXEL))} values but "
-                       f"IMAGE_CHANNEL_COUNT is {self.IMAGE_CHANNEL_COUNT}",
+        mean = _float_array(self.MEAN_PIXEL)
+        if mean is None or mean.size != self.IMAGE_CHANNEL_COUNT or not np.isfinite(mean).all():
+            self._fail("MEAN_PIXEL", f"is {self.MEAN_PIXEL!r}, not "
+                       f"{self.IMAGE_CHANNEL_COUNT} finite numbers (IMAGE_CHANNEL_COUNT)",
                        "Give one mean value per channel.")
 
     def _validate_heads(self):
         """Mask shapes, box standard deviations, loss weights and RoI sampling of the heads."""
-        if len(self.MINI_MASK_SHAPE) != 2 or min(self.MINI_MASK_SHAPE) < 1:
-            self._fail("MINI_MASK_SHAPE", f"is {self.MINI_MASK_SHAPE!r}",
-                       "Use (height, width), e.g. (56, 56).")
-        if self.USE_MINI_MASK and max(self.MINI_MASK_SHAPE) > min(self.IMAGE_SHAPE[:2]):
-            self._fail("MINI_MASK_SHAPE", f"{tuple(self.MINI_MASK_SHAPE)} is larger than the image "
-                       f"{tuple(int(s) for s in self.IMAGE_SHAPE[:2])}",
+        mini = self._check_numbers("MINI_MASK_SHAPE", 2, integers=True)
+        side = self.computed_settings()["IMAGE_SHAPE"][:2]
+        if self.USE_MINI_MASK and max(mini) > min(side):
+            self._fail("MINI_MASK_SHAPE", f"{tuple(mini)} is larger than the image "
+                       f"{tuple(int(s) for s in side)}",
                        "Use a smaller MINI_MASK_SHAPE or USE_MINI_MASK = False.")
-        if list(self.MASK_SHAPE) != [2 * self.MASK_POOL_SIZE] * 2:
+        if self._check_numbers("MASK_SHAPE", 2, integers=True) != [2 * self.MASK_POOL_SIZE] * 2:
             self._fail("MASK_SHAPE", f"is {list(self.MASK_SHAPE)} but the mask head upsamples "
                        f"MASK_POOL_SIZE ({self.MASK_POOL_SIZE}) once by 2",
                        f"Use MASK_SHAPE = [{2 * self.MASK_POOL_SIZE}, {2 * self.MASK_POOL_SIZE}] "
                        "or MASK_POOL_SIZE = MASK_SHAPE[0] // 2.")
 
         for attr in ("RPN_BBOX_STD_DEV", "BBOX_STD_DEV"):
-            value = np.asarray(getattr(self, attr))
-            if value.shape != (4,) or np.any(value <= 0):
+            value = _float_array(getattr(self, attr))
+            if value is None or value.shape != (4,) or not np.isfinite(value).all() or \
+                    np.any(value <= 0):
                 self._fail(attr, f"is {getattr(self, attr)!r}", "Give four positive numbers.")
 
-        if set(self.LOSS_WEIGHTS) != set(LOSS_NAMES):
-            self._fail("LOSS_WEIGHTS", f"has keys {sorted(self.LOSS_WEIGHTS)}",
-                       f"Give exactly the keys {', '.join(LOSS_NAMES)}.")
+        weights = self.LOSS_WEIGHTS
+        if not isinstance(weights, dict) or set(weights) != set(LOSS_NAMES):
+            self._fail("LOSS_WEIGHTS", f"is {weights!r}" if not isinstance(weights, dict) else
+                       f"has keys {sorted(weights, key=str)}",
+                       f"Give a dict with exactly the keys {', '.join(LOSS_NAMES)}.")
+        for name, weight in weights.items():
+            self._check_real("LOSS_WEIGHTS", value=weight, what=f"[{name!r}] ")
 
         if self.TRAIN_ROIS_PER_IMAGE * self.ROI_POSITIVE_RATIO < 1:
             self._fail("TRAIN_ROIS_PER_IMAGE", f"({self.TRAIN_ROIS_PER_IMAGE}) times "
@@ -417,3 +469,14 @@ class Config:
                            "settings changed after the config was created",
                            f"Set {attr} = {expected!r} too, or set the settings in a Config "
                            "subclass before creating it.")
+
+
+def _float_array(value):
+    """`value` as a 1-D float array, or None when it is not numbers (strings, None, nesting)."""
+    if isinstance(value, str | bytes) or value is None:
+        return None
+    try:
+        array = np.asarray(value, dtype=float)
+    except (TypeError, ValueError):
+        return None
+    return array.reshape(-1) if array.ndim <= 1 else None
