@@ -36,7 +36,8 @@ class CocoDataset(common.FormatDataset):
     """
 
     def load_coco(self, dataset_dir, subset, year=DEFAULT_DATASET_YEAR, class_ids=None, *,
-                  return_coco=False, train_empty=False, on_error="skip", source="coco"):
+                  return_coco=False, train_empty=False, on_error="skip", source="coco",
+                  allow_outside_image_dir=False):
         """Load a COCO subset from matterport's folder layout.
 
         Annotations: {dataset_dir}/annotations/instances_{subset}{year}.json;
@@ -48,10 +49,12 @@ class CocoDataset(common.FormatDataset):
         image_subset = "val" if subset in ("minival", "valminusminival") else subset
         image_dir = os.path.join(dataset_dir, f"{image_subset}{year}")
         return self.load_coco_json(annotation_file, image_dir, class_ids, return_coco=return_coco,
-                                   train_empty=train_empty, on_error=on_error, source=source)
+                                   train_empty=train_empty, on_error=on_error, source=source,
+                                   allow_outside_image_dir=allow_outside_image_dir)
 
     def load_coco_json(self, annotation_file, image_dir=None, class_ids=None, *,
-                       return_coco=False, train_empty=False, on_error="skip", source="coco"):
+                       return_coco=False, train_empty=False, on_error="skip", source="coco",
+                       allow_outside_image_dir=False):
         """Add the images and annotations of a COCO JSON file.
 
         image_dir: folder of the images' `file_name`s (default: the JSON's folder).
@@ -70,28 +73,41 @@ class CocoDataset(common.FormatDataset):
         on_error: "skip" reports bad annotations and images in
             `self.problems` and leaves them out (one warning per call);
             "raise" raises `AnnotationError` at the first one. Checked: image
-            file missing, unknown category or image id, polygon with < 3
-            points, bbox or polygon outside the image, RLE of another size,
-            annotation without segmentation.
+            file missing, image or annotation entry that is not an object or
+            whose id is repeated or not an int or string, unknown category or
+            image id, polygon with < 3 points or non-finite coordinates, bbox
+            or polygon outside the image, RLE of another size or whose counts
+            do not cover the image, annotation without segmentation, iscrowd
+            other than 0 or 1. An image whose height and width are not
+            positive integers gets its size from the image file.
         source: the source name of the classes and images.
+        allow_outside_image_dir: image `file_name`s must lie inside image_dir
+            (no absolute path, no ".." out of it); others are reported (kind
+            "path") unless this is True.
 
         Raises FileNotFoundError for a missing file, ValueError for a file
-        that is not COCO, a category name given to two ids, unknown
-        `class_ids`, or when no image is loaded.
+        that is not COCO, a category that is not {"id": int, "name": str},
+        a category id listed twice or a category name given to two ids,
+        unknown `class_ids`, or when no image is loaded.
         """
         data = _read_coco(annotation_file)
-        loading = common.Loading(self, annotation_file, on_error)
+        loading = common.Loading(self, annotation_file, on_error, allow_outside_image_dir)
         if image_dir is None:
             image_dir = os.path.dirname(os.path.abspath(annotation_file))
-        categories = {c["id"]: c["name"] for c in data["categories"]}
+        categories = _categories(annotation_file, data["categories"])
         selected = _selected_categories(annotation_file, categories, class_ids)
         self._add_categories(annotation_file, source, {i: categories[i] for i in selected})
 
         by_image = _annotations_by_image(data, loading)
         selected = set(selected)
         seen = set()
-        for image in data["images"]:
-            image_id = image.get("id")
+        for index, image in enumerate(data["images"]):
+            if not (isinstance(image, dict) and common.is_id(image.get("id"))):
+                loading.report(image.get("id") if isinstance(image, dict) else None, None,
+                               common.IMAGE, f"images[{index}] is not an object with an int or "
+                               f"string 'id': {str(image)[:80]}")
+                continue
+            image_id = image["id"]
             if image_id in seen:
                 loading.report(image_id, None, common.IMAGE, "image id listed twice in 'images'")
                 continue
@@ -112,18 +128,19 @@ class CocoDataset(common.FormatDataset):
     def _add_coco_image(self, image, anns, image_dir, categories, selected, loading, source,
                         train_empty):
         """Add one entry of 'images' with its usable annotations of the `selected` categories."""
-        image_id = image.get("id")
-        path = os.path.join(image_dir, str(image.get("file_name", "")))
-        height, width = image.get("height"), image.get("width")
-        size = loading.image_size(image_id, path, (height, width) if isinstance(height, int)
-                                  and isinstance(width, int) else None)
+        image_id = image["id"]
+        path = loading.image_path(image_id, image.get("file_name"), image_dir)
+        if path is None:
+            return
+        size = loading.image_size(image_id, path,
+                                  common.declared_size(image.get("height"), image.get("width")))
         if size is None:
             return
         height, width = size
         good = []
         for ann in anns:
             category_id = ann.get("category_id")
-            if category_id not in categories:
+            if not (common.is_id(category_id) and category_id in categories):
                 loading.report(image_id, ann.get("id"), common.CATEGORY,
                                f"unknown category id {category_id!r}; the file's categories "
                                f"are {sorted(categories)}")
@@ -200,16 +217,45 @@ def _selected_categories(annotation_file, categories, class_ids):
     return sorted(categories)
 
 
+def _categories(annotation_file, entries):
+    """{category id: name} of the 'categories' list; ValueError naming a bad or repeated entry."""
+    categories = {}
+    for index, c in enumerate(entries):
+        if not (isinstance(c, dict) and common.is_id(c.get("id")) and not isinstance(c["id"], str)
+                and isinstance(c.get("name"), str) and c["name"].strip()):
+            raise ValueError(f"{annotation_file}: categories[{index}] is {str(c)[:80]}; each "
+                             "category needs an integer 'id' and a non-empty string 'name'.")
+        if c["id"] in categories:
+            raise ValueError(f"{annotation_file}: category id {c['id']} is listed twice (as "
+                             f"{categories[c['id']]!r} and {c['name']!r}); give each category "
+                             "its own id.")
+        categories[c["id"]] = c["name"]
+    return categories
+
+
 def _annotations_by_image(data, loading):
-    """{image id: [annotation]} for every image of 'images'; annotations of other ids are reported."""
-    by_image = {image.get("id"): [] for image in data["images"]}
-    for ann in data["annotations"]:
-        if ann.get("image_id") in by_image:
-            by_image[ann["image_id"]].append(ann)
+    """{image id: [annotation]} for every image of 'images'. Reported: entries that are not
+    objects, repeated annotation ids (the later entries), annotations of other image ids."""
+    by_image = {image["id"]: [] for image in data["images"]
+                if isinstance(image, dict) and common.is_id(image.get("id"))}
+    seen = set()
+    for index, ann in enumerate(data["annotations"]):
+        if not isinstance(ann, dict):
+            loading.report(None, None, common.ANNOTATION,
+                           f"annotations[{index}] is not an object: {str(ann)[:80]}")
+            continue
+        image_id, ann_id = ann.get("image_id"), ann.get("id")
+        if not common.is_id(ann_id) or ann_id in seen:
+            loading.report(image_id if common.is_id(image_id) else None, ann_id,
+                           common.ANNOTATION, f"annotations[{index}]'s id {ann_id!r} is "
+                           + ("listed twice" if common.is_id(ann_id) else "not an int or string"))
+            continue
+        seen.add(ann_id)
+        if common.is_id(image_id) and image_id in by_image:
+            by_image[image_id].append(ann)
         else:
-            loading.report(ann.get("image_id"), ann.get("id"), common.IMAGE,
-                           f"annotation of image id {ann.get('image_id')!r}, which 'images' "
-                           "does not list")
+            loading.report(image_id, ann_id, common.IMAGE,
+                           f"annotation of image id {image_id!r}, which 'images' does not list")
     return by_image
 
 
@@ -217,6 +263,8 @@ def _check_annotation(ann, height, width):
     """(kind, message) of what makes an annotation unusable, or None."""
     segm = ann.get("segmentation")
     bbox = ann.get("bbox")
+    if ann.get("iscrowd", 0) not in (0, 1) or isinstance(ann.get("iscrowd"), float):
+        return common.SEGMENTATION, f"iscrowd is {ann.get('iscrowd')!r}, not 0 or 1"
     if isinstance(bbox, list) and len(bbox) == 4 and all(common.is_number(v) for v in bbox):
         x, y, w, h = bbox
         bad = common.check_box(x, y, x + w, y + h, height, width, what="bbox")
@@ -235,12 +283,19 @@ def _check_annotation(ann, height, width):
     if not isinstance(segm, dict) or "counts" not in segm or "size" not in segm:
         return common.SEGMENTATION, ("segmentation is neither polygons nor an RLE with 'counts' "
                                      "and 'size'")
-    if list(segm["size"]) != [height, width]:
-        return common.SEGMENTATION, (f"RLE size {list(segm['size'])} differs from the image's "
+    if segm["size"] != [height, width]:
+        return common.SEGMENTATION, (f"RLE size {segm['size']!r} differs from the image's "
                                      f"[height, width] [{height}, {width}]")
     counts = segm["counts"]
-    if isinstance(counts, list) and (not all(isinstance(c, int) and c >= 0 for c in counts)
-                                     or sum(counts) != height * width):
-        return common.SEGMENTATION, (f"uncompressed RLE counts must be non-negative integers "
-                                     f"summing to height * width = {height * width}")
+    if isinstance(counts, str):
+        counts = common.rle_string_counts(counts)
+        if counts is None:
+            return common.SEGMENTATION, "compressed RLE counts are not a COCO RLE string"
+    elif not isinstance(counts, list):
+        return common.SEGMENTATION, (f"RLE counts is a {type(counts).__name__}; use a list of "
+                                     "run lengths or a compressed RLE string")
+    if not all(common.is_id(c) and not isinstance(c, str) and c >= 0 for c in counts) \
+            or sum(counts) != height * width:
+        return common.SEGMENTATION, (f"RLE counts must be non-negative integers summing to "
+                                     f"height * width = {height * width}")
     return None

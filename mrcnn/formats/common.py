@@ -14,6 +14,7 @@ import io
 import json
 import math
 import os
+import re
 import warnings
 from collections import Counter
 
@@ -26,10 +27,10 @@ from mrcnn import utils
 
 __all__ = [
     "ON_ERROR", "POLYGON", "OUTSIDE", "CATEGORY", "MISSING_IMAGE", "SHAPE", "SEGMENTATION",
-    "MASK", "IMAGE", "FILE", "Problem", "AnnotationError", "Loading", "FormatDataset",
+    "MASK", "IMAGE", "FILE", "ANNOTATION", "PATH", "Problem", "AnnotationError", "Loading", "FormatDataset",
     "rectangle", "shape_extent", "check_shape", "check_box", "is_number", "shape_mask",
-    "shapes_mask", "read_json", "guess_format", "wrong_format", "resolve", "image_size",
-    "decode_image",
+    "shapes_mask", "read_json", "guess_format", "wrong_format", "resolve", "is_outside",
+    "image_size", "decode_image", "declared_size", "is_id", "rle_string_counts",
 ]
 
 ON_ERROR = ("skip", "raise")
@@ -44,6 +45,8 @@ SEGMENTATION = "segmentation"    # COCO annotation without a usable mask (none, 
 MASK = "mask"                    # mask file unreadable or not the image's size
 IMAGE = "image"                  # an annotation of an image id the file does not list
 FILE = "file"                    # a file of a folder dataset that is not in the format
+ANNOTATION = "annotation"        # an annotation entry that is not an object, or a repeated id
+PATH = "path"                    # an image path outside the images' folder (see resolve)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,11 +89,12 @@ class Loading:
     and raises ValueError when the call registered no image at all.
     """
 
-    def __init__(self, dataset, file, on_error):
+    def __init__(self, dataset, file, on_error, allow_outside_image_dir=False):
         if on_error not in ON_ERROR:
             raise ValueError(f"on_error={on_error!r}; use 'skip' (report bad annotations in "
                              "dataset.problems and go on) or 'raise' (stop at the first one).")
         self.dataset, self.file, self.on_error = dataset, str(file), on_error
+        self.allow_outside = allow_outside_image_dir
         self.found = []
         self.images_before = len(dataset.image_info)
 
@@ -100,6 +104,22 @@ class Loading:
             raise AnnotationError(problem)
         self.found.append(problem)
         self.dataset.problems.append(problem)
+
+    def image_path(self, image, name, base_dir, file=None):
+        """The path of image file `name` written in an annotation file, relative to `base_dir`
+        (`resolve`); None after reporting a name that is not a string, or (unless
+        allow_outside_image_dir) one that `is_outside` base_dir."""
+        if not isinstance(name, str) or not name.strip():
+            self.report(image, None, MISSING_IMAGE, f"image file name {name!r} is not a file "
+                        "name", file)
+            return None
+        path = resolve(name, base_dir)
+        if not self.allow_outside and is_outside(name, base_dir):
+            self.report(image, None, PATH, f"image path {name!r} leads outside the images' "
+                        f"folder {os.fspath(base_dir)!r} (to {path!r}); pass "
+                        "allow_outside_image_dir=True if the dataset is meant to read it", file)
+            return None
+        return path
 
     def image_size(self, image, path, size=None, file=None):
         """(height, width) of image file `path` (`size` when given), or None after reporting
@@ -229,7 +249,10 @@ def check_shape(shape, height, width):
             return POLYGON, f"polygon has {len(xs)} x but {len(ys)} y coordinates"
         if len(xs) < 3:
             return POLYGON, f"polygon has {len(xs)} points; at least 3 are needed"
-        coords = np.asarray(list(xs) + list(ys))  # numpy: COCO has millions of coordinates
+        try:
+            coords = np.asarray(list(xs) + list(ys))  # numpy: COCO has millions of coordinates
+        except ValueError:  # nested lists of different lengths
+            return POLYGON, "polygon has non-numeric coordinates"
         if coords.ndim != 1 or coords.dtype.kind not in "iuf" or not np.isfinite(coords).all():
             return POLYGON, "polygon has non-numeric coordinates"
     elif not all(is_number(v) for v in (shape[1:] if kind == "ellipse" else shape[1:3])):
@@ -343,10 +366,59 @@ def resolve(path, base_dir):
     return os.path.normpath(os.path.join(base_dir, path))
 
 
+def is_outside(path, base_dir):
+    """Whether a path written in an annotation file is absolute (a drive letter counts) or
+    leads out of `base_dir` with "..". Symbolic links inside base_dir are not followed."""
+    path = str(path).replace("\\", "/")
+    if os.path.isabs(path) or path.startswith("/") or re.match(r"[A-Za-z]:", path):
+        return True
+    base = os.path.abspath(base_dir)
+    return os.path.commonpath([base, os.path.abspath(resolve(path, base))]) != base
+
+
 def image_size(path):
     """(height, width) of an image file from its header, without decoding the pixels."""
     with PIL.Image.open(path) as image:
         return image.height, image.width
+
+
+def declared_size(height, width):
+    """(height, width) as an annotation file declares them, or None unless both are positive
+    integers below 2**31 (then the size is read from the image file)."""
+    ok = all(isinstance(v, int) and not isinstance(v, bool) and 0 < v < 2 ** 31
+             for v in (height, width))
+    return (height, width) if ok else None
+
+
+def is_id(value):
+    """An int (not a bool) or a string: what an id in an annotation file may be."""
+    return isinstance(value, int | str) and not isinstance(value, bool)
+
+
+def rle_string_counts(text):
+    """The run lengths of a COCO compressed RLE string, or None when it is not one.
+
+    Each count is written in 5-bit groups, low first, as characters 48 + group
+    (+ 32 when more groups follow); bit 4 of the last group is the sign; from
+    the third count on, each is stored as the difference to the count two
+    before. pycocotools decodes a malformed string into garbage pixels without
+    complaint, hence this check."""
+    counts, value, shift = [], 0, 0
+    for char in text:
+        group = ord(char) - 48
+        if not 0 <= group < 64:
+            return None
+        value |= (group & 0x1F) << shift
+        shift += 5
+        if group & 0x20:
+            continue
+        if group & 0x10:
+            value -= 1 << shift
+        if len(counts) > 2:
+            value += counts[-2]
+        counts.append(value)
+        value, shift = 0, 0
+    return counts if shift == 0 else None
 
 
 def decode_image(data):

@@ -23,7 +23,7 @@ class LabelmeDataset(common.FormatDataset):
     """Images and shape masks of a labelme folder; masks are drawn on demand."""
 
     def load_labelme(self, folder, class_names=None, *, train_empty=False, on_error="skip",
-                     source="labelme"):
+                     source="labelme", allow_outside_image_dir=False):
         """Add every labelme JSON file of `folder` (not its subfolders), in name order.
 
         The image is `imagePath`, relative to the JSON file (Windows
@@ -37,6 +37,10 @@ class LabelmeDataset(common.FormatDataset):
             when loading train and val separately, so that both get the same ids.
         train_empty, on_error, source: as for `CocoDataset.load_coco_json`; a
             JSON without shapes is an image without annotations.
+        allow_outside_image_dir: an imagePath must lie inside `folder` (no
+            absolute path, no ".." out of it); otherwise its imageData is used
+            when it has one, else the image is reported (kind "path"). True
+            reads such paths (e.g. JSONs in a folder beside "../images").
 
         Raises FileNotFoundError when `folder` is not a folder, ValueError
         when it has no JSON file or no image is loaded. A JSON file that is
@@ -49,7 +53,7 @@ class LabelmeDataset(common.FormatDataset):
         if not files:
             raise ValueError(f"labelme folder {folder!r} has no .json files; labelme saves one "
                              "JSON per image next to it (or in its output folder).")
-        loading = common.Loading(self, folder, on_error)
+        loading = common.Loading(self, folder, on_error, allow_outside_image_dir)
 
         # Pass 1: parse every file, keeping its shapes but not the (large) imageData.
         records = [(file, os.path.splitext(os.path.basename(file))[0], _read(file))
@@ -64,9 +68,12 @@ class LabelmeDataset(common.FormatDataset):
                 loading.report(image, None, common.FILE, record, file=file)
                 continue
             height, width, shapes = record["imageHeight"], record["imageWidth"], record["shapes"]
-            declared = (height, width) if isinstance(height, int) and isinstance(width, int) else None
-            path = common.resolve(record["imagePath"] or "", os.path.dirname(file))
-            embedded = record["embedded"] and not os.path.isfile(path)
+            declared = common.declared_size(height, width)
+            name, base = record["imagePath"], os.path.dirname(file)
+            readable = isinstance(name, str) and name.strip() and (
+                allow_outside_image_dir or not common.is_outside(name, base))
+            embedded = record["embedded"] and not (
+                readable and os.path.isfile(common.resolve(name, base)))
             if embedded:
                 path = file
                 try:
@@ -76,7 +83,8 @@ class LabelmeDataset(common.FormatDataset):
                                    f"imageData cannot be decoded ({e})", file=file)
                     continue
             else:
-                size = loading.image_size(image, path, declared, file)
+                path = loading.image_path(image, name, base, file)
+                size = path and loading.image_size(image, path, declared, file)
                 if size is None:
                     continue
             height, width = size

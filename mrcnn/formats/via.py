@@ -20,7 +20,8 @@ class ViaDataset(common.FormatDataset):
     """Images and region masks of a VIA annotation file; masks are drawn on demand."""
 
     def load_via(self, annotation_file, image_dir=None, class_attribute=None, class_names=None,
-                 *, train_empty=False, on_error="skip", source="via"):
+                 *, train_empty=False, on_error="skip", source="via",
+                 allow_outside_image_dir=False):
         """Add the images and regions of a VIA 1.x/2.x JSON file.
 
         image_dir: folder of the images' `filename`s (default: the JSON's folder).
@@ -33,9 +34,10 @@ class ViaDataset(common.FormatDataset):
             classes are reported. Default: the attribute's options in a VIA 2
             project, else the sorted names found. Pass it when loading
             train and val separately, so that both get the same ids.
-        train_empty, on_error, source: as for `CocoDataset.load_coco_json`;
-            images without regions are kept (VIA lists every image of a
-            project, annotated or not).
+        train_empty, on_error, source, allow_outside_image_dir: as for
+            `CocoDataset.load_coco_json` (the `filename`s must lie inside
+            image_dir); images without regions are kept (VIA lists every
+            image of a project, annotated or not).
 
         Raises FileNotFoundError for a missing file, ValueError for a file
         that is not VIA or when no image is loaded.
@@ -45,7 +47,7 @@ class ViaDataset(common.FormatDataset):
             raise ValueError(f"load_via: class_names {list(class_names)} has several classes but "
                              "class_attribute is None; name the region attribute that holds the "
                              "class.")
-        loading = common.Loading(self, annotation_file, on_error)
+        loading = common.Loading(self, annotation_file, on_error, allow_outside_image_dir)
         if image_dir is None:
             image_dir = os.path.dirname(os.path.abspath(annotation_file))
 
@@ -67,8 +69,8 @@ class ViaDataset(common.FormatDataset):
                 loading.report(name, None, common.IMAGE, "image listed twice")
                 continue
             seen.add(name)
-            path = common.resolve(name, image_dir)
-            size = loading.image_size(name, path)
+            path = loading.image_path(name, name, image_dir)
+            size = path and loading.image_size(name, path)
             if size is None:
                 continue
             instances = []
