@@ -93,7 +93,7 @@ def load_image_gt(dataset, config, image_id, augmentation=None, use_mini_mask=No
     _check_dataset(dataset, config)
     name = _describe(dataset, image_id)
     image = to_channels(dataset.load_image(image_id), config.IMAGE_CHANNEL_COUNT,
-                        f"Image {name}, from load_image,")
+                        f"Image {name} from load_image")
     mask, class_ids = _checked_mask(dataset.load_mask(image_id), image, name, config)
     original_shape = image.shape
     with np.errstate(divide="ignore"):  # skimage's, for a side resized to 0; raised below

@@ -40,7 +40,8 @@ def to_channels(image, channels, what="image"):
     if not (np.issubdtype(image.dtype, np.integer) or np.issubdtype(image.dtype, np.floating)):
         raise ValueError(f"{what}: dtype {image.dtype} is not an image type; use integers or floats.")
     if np.issubdtype(image.dtype, np.floating) and not np.all(np.isfinite(image)):
-        raise ValueError(f"{what}: contains NaN or infinite values.")
+        raise ValueError(f"{what}: contains NaN or infinite values. Replace them (e.g. "
+                         "np.nan_to_num) where the image is read.")
     return image
 
 
@@ -65,7 +66,8 @@ def to_rgb_uint8(image, what="image"):
         scaled = image.astype(np.float64) * (255.0 / np.iinfo(image.dtype).max)
     elif np.issubdtype(image.dtype, np.floating):
         if not np.all(np.isfinite(image)):
-            raise ValueError(f"{what}: contains NaN or infinite values.")
+            raise ValueError(f"{what}: contains NaN or infinite values. Replace them (e.g. "
+                         "np.nan_to_num) where the image is read.")
         scaled = image * 255.0 if image.size and image.max() <= 1.0 else image.astype(np.float64)
     else:
         raise ValueError(f"{what}: dtype {image.dtype} is not an image type; use uint8, uint16 or float.")
