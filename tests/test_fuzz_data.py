@@ -10,18 +10,16 @@ import copy
 import json
 import logging
 import math
-import os
 import pathlib
 import warnings
 
 import numpy as np
-import PIL.Image
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from mrcnn import ground_truth, pipeline, utils
 from mrcnn.config import INT32_MAX
-from mrcnn.formats import AnnotationError, CocoDataset, LabelmeDataset, ViaDataset, load_dataset
+from mrcnn.formats import AnnotationError, CocoDataset, LabelmeDataset, load_dataset
 from mrcnn.formats import common
 from mrcnn.geometry import compute_anchors
 from tests.conftest import TinyConfig
@@ -251,3 +249,357 @@ def test_training_pipeline_skips_bad_images_without_a_tensorflow_error(caplog):
     errors = sum(r.levelno == logging.ERROR for r in records)
     assert (loader.rules.failed, loader.rules.no_instances) == (errors, len(records) - errors)
     assert loader.rules.failed >= 3 and loader.rules.no_instances >= 1 and loader.rules.error is None
+
+
+############################################################
+#  Annotation files: COCO, VIA, labelme
+############################################################
+
+JUNK = st.one_of(st.none(), st.booleans(), st.integers(-3, 3), st.sampled_from([2 ** 40, -2 ** 40]),
+                 st.floats(allow_nan=True, allow_infinity=True), st.text(max_size=4),
+                 st.lists(st.one_of(st.integers(-2, 50), st.text(max_size=2)), max_size=4),
+                 st.dictionaries(st.text(max_size=3), st.integers(), max_size=2))
+
+
+def _places(data, prefix=()):
+    """Every (path of keys) inside a JSON value."""
+    if isinstance(data, dict | list):
+        for key, value in (data.items() if isinstance(data, dict) else enumerate(data)):
+            yield prefix + (key,)
+            yield from _places(value, prefix + (key,))
+
+
+@st.composite
+def damaged(draw, data):
+    """`data` with 1-3 values replaced by junk or deleted."""
+    data = copy.deepcopy(data)
+    for _ in range(draw(st.integers(1, 3))):
+        places = list(_places(data))
+        if not places:
+            break
+        *parents, key = draw(st.sampled_from(places))
+        holder = data
+        for k in parents:
+            holder = holder[k]
+        if draw(st.booleans()) and draw(st.booleans()):
+            del holder[key]
+        else:
+            holder[key] = draw(JUNK)
+    return data
+
+
+def _load_all(format, path, **options):
+    """Load, then load_mask every image; the masks must fit the images' declared size."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        dataset = load_dataset(format, path, **options)
+    for image_id in dataset.image_ids:
+        info = dataset.image_info[image_id]
+        masks, ids = dataset.load_mask(image_id)
+        assert masks.dtype == bool and ids.dtype == np.int32
+        assert masks.shape == (info["height"], info["width"], len(ids))
+        assert np.all((np.abs(ids) >= 1) & (np.abs(ids) < dataset.num_classes))
+    for problem in dataset.problems:
+        assert str(problem).startswith(problem.file) and problem.kind in common.__dict__.values()
+    return dataset
+
+
+def _check_damaged_load(format, path, named, on_error, **options):
+    """A damaged file loads (documented handling, checked by _load_all) or raises a
+    ValueError / FileNotFoundError / AnnotationError naming the file."""
+    try:
+        _load_all(format, path, on_error=on_error, **options)
+    except (ValueError, FileNotFoundError) as e:   # AnnotationError is a ValueError
+        assert named in str(e), str(e)
+
+
+@pytest.fixture(scope="module")
+def fixtures(tmp_path_factory):
+    from tests import test_formats as tf
+    root = tmp_path_factory.mktemp("formats")
+    tf.write_coco(root / "coco")
+    tf.write_via(root / "via", 2)
+    tf.write_labelme(root / "labelme")
+    return root, tf
+
+
+@FUZZ
+@given(data=st.data(), on_error=st.sampled_from(["skip", "raise"]))
+def test_damaged_coco_file_is_reported_by_file_and_id(fixtures, data, on_error):
+    root, tf = fixtures
+    path = root / "coco" / "annotations.json"
+    path.write_text(json.dumps(data.draw(damaged(tf.coco_data()))))
+    _check_damaged_load("coco", path, "annotations.json", on_error, image_dir=root / "coco" / "images")
+
+
+@FUZZ
+@given(data=st.data(), version=st.sampled_from([1, 2]), on_error=st.sampled_from(["skip", "raise"]))
+def test_damaged_via_file_is_reported_by_file_and_id(fixtures, data, version, on_error):
+    root, tf = fixtures
+    path = root / "via" / "via_region_data.json"
+    path.write_text(json.dumps(data.draw(damaged(tf.via_entries(version)))))
+    _check_damaged_load("via", path, "via_region_data.json", on_error, class_attribute="name")
+
+
+@FUZZ
+@given(data=st.data(), on_error=st.sampled_from(["skip", "raise"]))
+def test_damaged_labelme_file_is_reported_by_file_and_id(fixtures, data, on_error):
+    root, _ = fixtures
+    folder = root / "labelme"
+    original = (folder / "a.json").read_text()
+    try:
+        (folder / "a.json").write_text(json.dumps(data.draw(damaged(json.loads(original)))))
+        _check_damaged_load("labelme", folder, "labelme", on_error)
+    finally:
+        (folder / "a.json").write_text(original)
+
+
+@FUZZ
+@given(cut=st.integers(0, 400))
+def test_truncated_json_names_the_file(fixtures, cut):
+    root, tf = fixtures
+    path = root / "coco" / "annotations.json"
+    text = json.dumps(tf.coco_data())
+    path.write_text(text[:cut])
+    with pytest.raises(ValueError, match=r"annotations.json.*not a (JSON|COCO)"):
+        CocoDataset().load_coco_json(path, root / "coco" / "images")
+
+
+@pytest.mark.parametrize("change, kind, text", [
+    (lambda d: d["annotations"][0]["segmentation"][0].__setitem__(1, float("nan")), "polygon",
+     "non-numeric"),
+    (lambda d: d["annotations"][0]["segmentation"].__setitem__(0, [100, 100, 120, 100, 120, 130]),
+     "outside", "outside the 60x40 image"),
+    (lambda d: d["annotations"][1]["segmentation"].__setitem__("counts", "0"), "segmentation",
+     "summing to height * width = 2400"),
+    (lambda d: d["annotations"][1]["segmentation"].__setitem__("counts", "zz"), "segmentation",
+     "not a COCO RLE string"),
+    (lambda d: d["annotations"][2]["segmentation"]["counts"].__setitem__(0, -5), "segmentation",
+     "non-negative"),
+    (lambda d: d["annotations"][1].__setitem__("id", 11), "annotation", "listed twice"),
+    (lambda d: d["images"].append(dict(d["images"][0])), "image", "listed twice"),
+    (lambda d: d["images"][1].__setitem__("file_name", "gone.png"), "missing_image", "not found"),
+    (lambda d: d["annotations"][0].__setitem__("category_id", True), "category", "unknown category"),
+    (lambda d: d["annotations"][0].__setitem__("iscrowd", "yes"), "segmentation", "iscrowd"),
+])
+def test_each_bad_coco_item_names_file_image_and_annotation(tmp_path, change, kind, text):
+    from tests import test_formats as tf
+    data = tf.coco_data()
+    change(data)
+    path = tf.write_coco(tmp_path, data)
+    with pytest.raises(AnnotationError) as info:
+        CocoDataset().load_coco_json(path, tmp_path / "images", on_error="raise")
+    problem = info.value.problem
+    assert (problem.kind, problem.file) == (kind, str(path)) and text in problem.problem
+    assert str(path) in str(info.value) and f"image {problem.image!r}" in str(info.value)
+    with warnings.catch_warnings(record=True):
+        warnings.simplefilter("always")
+        dataset = CocoDataset()
+        dataset.load_coco_json(path, tmp_path / "images")
+    assert [p.kind for p in dataset.problems] == [kind]
+
+
+def test_bad_categories_are_a_value_error_naming_the_entry(tmp_path):
+    from tests import test_formats as tf
+    for categories, text in (([{"id": 1}], r"categories\[0\].*'name'"),
+                             ([{"id": "1", "name": "a"}], "integer 'id'"),
+                             ([{"id": 1, "name": "a"}, {"id": 1, "name": "b"}], "listed twice")):
+        data = tf.coco_data()
+        data["categories"] = categories
+        with pytest.raises(ValueError, match=rf"annotations.json: .*{text}"):
+            CocoDataset().load_coco_json(tf.write_coco(tmp_path, data), tmp_path / "images")
+
+
+def test_rle_string_counts_agree_with_pycocotools():
+    from pycocotools import mask as mask_utils
+    from tests.test_formats import uncompressed_rle
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        mask = rng.random(tuple(rng.integers(1, 30, 2))) < rng.random()
+        rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
+        assert common.rle_string_counts(rle["counts"].decode()) == uncompressed_rle(mask)["counts"]
+    assert common.rle_string_counts("") == [] and common.rle_string_counts("a") is None
+
+
+############################################################
+#  Config: every public setting, wrong type or range
+############################################################
+
+NOT_NUMBER = st.one_of(st.none(), st.text(max_size=3), st.lists(st.integers(), max_size=2),
+                       st.dictionaries(st.text(max_size=2), st.integers(), max_size=1),
+                       st.just(object()), st.just(np.array([1.0, 2.0])))
+NON_FINITE = st.sampled_from([math.nan, math.inf, -math.inf])
+
+
+def bad_int(minimum):
+    return st.one_of(NOT_NUMBER, st.booleans(), NON_FINITE, st.integers(max_value=minimum - 1),
+                     st.integers(min_value=INT32_MAX + 1),
+                     st.floats(minimum, 1e6).filter(lambda v: v != int(v)))
+
+
+BAD_REAL = st.one_of(NOT_NUMBER, st.booleans(), NON_FINITE)
+BAD_FLAG = st.one_of(NOT_NUMBER, st.integers(), st.floats())
+BAD_CHOICE = st.one_of(st.text(max_size=6), st.integers(), st.none(), st.just(np.array(["sgd"])))
+BAD_POSITIVES = st.one_of(NOT_NUMBER.filter(lambda v: not isinstance(v, list | np.ndarray)),
+                          st.integers(), st.just([]), st.lists(st.sampled_from(
+                              [0, -1, math.nan, "a", None, [1]]), min_size=1, max_size=5))
+COUNTS = ("GPU_COUNT IMAGES_PER_GPU STEPS_PER_EPOCH NUM_CLASSES RPN_ANCHOR_STRIDE "
+          "RPN_TRAIN_ANCHORS_PER_IMAGE PRE_NMS_LIMIT POST_NMS_ROIS_TRAINING POST_NMS_ROIS_INFERENCE "
+          "TRAIN_ROIS_PER_IMAGE POOL_SIZE MASK_POOL_SIZE MAX_GT_INSTANCES DETECTION_MAX_INSTANCES "
+          "FPN_CLASSIF_FC_LAYERS_SIZE TOP_DOWN_PYRAMID_SIZE IMAGE_CHANNEL_COUNT IMAGE_MAX_DIM "
+          "ROI_ALIGN_SAMPLING_RATIO").split()
+BAD_VALUES = {  # every public setting: values that must be refused
+    **{attr: bad_int(1) for attr in COUNTS},
+    "VALIDATION_STEPS": bad_int(0),
+    "IMAGE_MIN_DIM": bad_int(1).filter(lambda v: v is not None),
+    "SEED": st.one_of(NOT_NUMBER.filter(lambda v: v is not None), st.booleans(), NON_FINITE,
+                      st.integers(max_value=-1), st.integers(min_value=2 ** 32), st.just(1.5)),
+    **{attr: st.one_of(BAD_REAL, st.floats(-1e6, -1e-9), st.floats(1 + 1e-9, 1e6))
+       for attr in ("RPN_NMS_THRESHOLD", "ROI_POSITIVE_RATIO", "DETECTION_MIN_CONFIDENCE",
+                    "DETECTION_NMS_THRESHOLD")},
+    "LEARNING_MOMENTUM": st.one_of(BAD_REAL, st.floats(-1e6, -1e-9), st.floats(1, 1e6)),
+    "LEARNING_RATE": st.one_of(BAD_REAL, st.floats(-1e6, 0)),
+    **{attr: st.one_of(BAD_REAL, st.floats(-1e6, -1e-9))
+       for attr in ("WEIGHT_DECAY", "IMAGE_MIN_SCALE")},
+    "GRADIENT_CLIP_NORM": st.one_of(BAD_REAL.filter(lambda v: v is not None), st.floats(-1e6, -1e-9)),
+    **{attr: BAD_FLAG for attr in ("ROI_ALIGN_ALIGNED", "SYNC_BATCH_NORM", "SCALE_LEARNING_RATE",
+                                   "XLA", "USE_MINI_MASK", "USE_RPN_ROIS")},
+    "TRAIN_BN": BAD_FLAG.filter(lambda v: v is not None),
+    **{attr: BAD_CHOICE for attr in ("OPTIMIZER", "STRATEGY", "IMAGE_RESIZE_MODE",
+                                     "DETECTION_CLASS_MODE")},
+    "MIXED_PRECISION": BAD_CHOICE.filter(lambda v: v is not None),
+    "BACKBONE": st.one_of(BAD_CHOICE, st.just(np.array([1]))),
+    "COMPUTE_BACKBONE_SHAPE": st.one_of(st.text(max_size=3), st.integers(), st.just([1])),
+    "NAME": st.one_of(st.integers(), st.booleans(), st.lists(st.text(), max_size=1),
+                      st.just(""), st.just("a/b"), st.just("..\\x")),
+    **{attr: BAD_POSITIVES for attr in ("BACKBONE_STRIDES", "RPN_ANCHOR_SCALES",
+                                        "RPN_ANCHOR_RATIOS")},
+    **{attr: st.one_of(BAD_POSITIVES, st.just([28, 28, 28]), st.just([28.5, 28]))
+       for attr in ("MINI_MASK_SHAPE", "MASK_SHAPE")},
+    **{attr: st.one_of(NOT_NUMBER, st.just([0.1, 0.1, math.nan, 0.2]), st.just([0.1, 0, 1, 1]),
+                       st.just(np.array([0.1, 0.1, 0.2])))
+       for attr in ("RPN_BBOX_STD_DEV", "BBOX_STD_DEV")},
+    "MEAN_PIXEL": st.one_of(NOT_NUMBER.filter(lambda v: not isinstance(v, list | np.ndarray)),
+                            st.just([1, 2]), st.just([1, math.nan, 3]), st.just(["a", "b", "c"])),
+    "LOSS_WEIGHTS": st.one_of(NOT_NUMBER.filter(lambda v: not isinstance(v, dict)),
+                              st.just({"rpn_class_loss": 1.0}),
+                              st.sampled_from([math.nan, -1.0, "1", None]).map(
+                                  lambda v: {**TinyConfig.LOSS_WEIGHTS, "mrcnn_mask_loss": v})),
+}
+
+
+def test_every_public_setting_is_fuzzed():
+    public = {a for a in dir(TinyConfig) if a.isupper()} - {"BATCH_SIZE", "IMAGE_SHAPE",
+                                                             "IMAGE_META_SIZE"}
+    assert public == set(BAD_VALUES)
+
+
+@settings(FUZZ, max_examples=400)
+@given(data=st.data(), attr=st.sampled_from(sorted(BAD_VALUES)))
+def test_a_bad_setting_is_a_value_error_naming_it(data, attr):
+    value = data.draw(BAD_VALUES[attr], label=attr)
+    with pytest.raises(ValueError) as info:
+        type("Fuzzed", (TinyConfig,), {attr: value})()
+    assert f"Fuzzed.{attr}" in str(info.value) or attr in str(info.value)
+    config = TinyConfig()
+    setattr(config, attr, value)             # changed on an instance, checked by validate()
+    with pytest.raises(ValueError, match=attr):
+        config.validate()
+
+
+@FUZZ
+@given(st.fixed_dictionaries({}, optional={
+    "LEARNING_RATE": st.floats(1e-6, 1), "WEIGHT_DECAY": st.floats(0, 0.1),
+    "LEARNING_MOMENTUM": st.floats(0, 0.999), "GRADIENT_CLIP_NORM": st.one_of(
+        st.none(), st.floats(0, 100)), "DETECTION_MIN_CONFIDENCE": st.floats(0, 1),
+    "IMAGES_PER_GPU": st.integers(1, 64), "NUM_CLASSES": st.integers(1, 1000),
+    "SEED": st.one_of(st.none(), st.integers(0, 2 ** 32 - 1)), "TRAIN_BN": st.sampled_from(
+        [None, True, False]), "NAME": st.one_of(st.none(), st.from_regex(r"[a-z0-9_.-]{1,12}",
+                                                                          fullmatch=True)),
+    "RPN_ANCHOR_RATIOS": st.lists(st.floats(0.1, 10), min_size=1, max_size=5),
+    "MEAN_PIXEL": st.lists(st.floats(0, 255), min_size=3, max_size=3).map(np.array)}))
+def test_sensible_settings_are_accepted(attrs):
+    config = type("Fine", (TinyConfig,), attrs)()
+    config.validate()
+    assert config.BATCH_SIZE == config.IMAGES_PER_GPU * config.GPU_COUNT
+
+
+############################################################
+#  Paths (§3): image paths of annotation files stay inside image_dir
+############################################################
+
+SEGMENT = st.sampled_from(["..", ".", "images", "sub", "a.png", "secret.png", ""])
+
+
+@st.composite
+def written_paths(draw):
+    parts = draw(st.lists(SEGMENT, min_size=1, max_size=5))
+    sep = draw(st.sampled_from(["/", "\\"]))
+    start = draw(st.sampled_from(["", "", "/", "C:" + sep, "{root}" + sep]))
+    return start + sep.join(parts)
+
+
+@FUZZ
+@given(written=written_paths(), format=st.sampled_from(["coco", "via"]))
+def test_image_paths_outside_image_dir_are_refused_unless_allowed(tmp_path, written, format):
+    """An image path resolving outside image_dir (absolute, drive letter, or ".." out of it)
+    is a Problem of kind "path" naming the file, the image and the path; with
+    allow_outside_image_dir=True it is read as written."""
+    from tests import test_formats as tf
+    root = tmp_path / f"case{abs(hash(written)) % 10 ** 8}"
+    images = root / "images"
+    tf.write_image(images / "a.png", 1)
+    tf.write_image(images / "sub" / "a.png", 1)
+    tf.write_image(images / "b.png", 3)
+    tf.write_image(root / "secret.png", 2)
+    name = written.replace("{root}", str(root))
+    if format == "coco":
+        data = tf.coco_data()
+        data["images"][0]["file_name"] = name
+        data["images"][1]["file_name"] = "a.png"
+        path, options = tf.write_json(root / "ann.json", data), {"image_dir": images}
+    else:
+        entries = tf.via_entries(2)
+        entries["a.png123"]["filename"] = name
+        path, options = tf.write_json(images / "via.json", entries), {"class_attribute": "name"}
+    target = pathlib.Path(common.resolve(name, images))
+    outside = (name.replace("\\", "/").startswith(("/", "C:"))
+               or not target.resolve().is_relative_to(images.resolve()))
+    image_id = 101 if format == "coco" else name
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if outside:
+            with pytest.raises(AnnotationError) as info:
+                load_dataset(format, path, on_error="raise", **options)
+            assert info.value.problem.kind == "path" and info.value.problem.image == image_id
+            assert str(path) in str(info.value) and repr(name) in str(info.value)
+            assert "allow_outside_image_dir=True" in str(info.value)
+        dataset = load_dataset(format, path, on_error="skip", allow_outside_image_dir=outside,
+                               **options)
+    paths = [info["path"] for info in dataset.image_info]
+    if target.is_file() and not name.startswith("C:"):
+        assert str(target) in paths
+        image = dataset.load_image(paths.index(str(target)))
+        assert image.shape == (40, 60, 3)
+    else:
+        assert [p.kind for p in dataset.problems if p.image == image_id] == ["missing_image"]
+
+
+def test_labelme_image_outside_its_folder_falls_back_to_image_data_or_is_refused(tmp_path):
+    from tests import test_formats as tf
+    tf.write_labelme(tmp_path / "json")
+    tf.write_image(tmp_path / "a.png", 1)
+    for name in ("a.json", "b.json"):       # a: file only; b: imageData embedded too
+        record = json.loads((tmp_path / "json" / name).read_text())
+        record["imagePath"] = "../a.png"
+        tf.write_json(tmp_path / "json" / name, record)
+    with pytest.warns(UserWarning, match=r"skipped 1 bad.*1 path"):
+        dataset = LabelmeDataset()
+        dataset.load_labelme(tmp_path / "json")
+    assert [(p.image, p.kind) for p in dataset.problems] == [("a", "path")]
+    assert "'../a.png' leads outside" in dataset.problems[0].problem
+    embedded = dataset.image_info[[i["id"] for i in dataset.image_info].index("b")]
+    assert embedded["embedded"] and embedded["path"].endswith("b.json")
+    allowed = LabelmeDataset()
+    allowed.load_labelme(tmp_path / "json", allow_outside_image_dir=True)
+    assert allowed.image_info[0]["path"] == str(tmp_path / "a.png") and not allowed.problems

@@ -19,6 +19,9 @@ Shared behaviour:
   `Problem`s naming the file, image id and annotation id. `on_error="skip"`
   (default) leaves them out, lists them in `dataset.problems` and warns once
   per load call; `on_error="raise"` raises `AnnotationError` at the first one.
+- Image paths in COCO, VIA and labelme files must lie inside the images'
+  folder (no absolute path, no ".." out of it): others are a problem of kind
+  "path" unless the loader gets `allow_outside_image_dir=True`.
 """
 
 import os

@@ -60,7 +60,8 @@ class LabelmeDataset(common.FormatDataset):
                    for file in files]
         names = list(class_names) if class_names else sorted(
             {s.get("label") for _, _, r in records if isinstance(r, dict)
-             for s in r["shapes"] if isinstance(s, dict)} - {None, ""})
+             for s in r["shapes"] if isinstance(s, dict) and isinstance(s.get("label"), str)}
+            - {""})
         ids = self._add_classes(source, names)
 
         for file, image, record in records:
@@ -91,7 +92,7 @@ class LabelmeDataset(common.FormatDataset):
             instances, groups = [], {}
             for index, s in enumerate(shapes):
                 label = s.get("label") if isinstance(s, dict) else None
-                if label not in ids:
+                if not isinstance(label, str) or label not in ids:
                     loading.report(image, index, common.CATEGORY,
                                    f"unknown label {label!r}; classes are {names}" if label
                                    else "shape without a label", file=file)
@@ -102,6 +103,10 @@ class LabelmeDataset(common.FormatDataset):
                     loading.report(image, index, *bad, file=file)
                     continue
                 group = s.get("group_id")
+                if not (group is None or common.is_id(group)):
+                    loading.report(image, index, common.SHAPE, f"group_id {group!r} is not an "
+                                   "integer", file=file)
+                    continue
                 if group is not None and (label, group) in groups:
                     groups[(label, group)]["shapes"].append(shape)
                     continue

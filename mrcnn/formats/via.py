@@ -69,6 +69,10 @@ class ViaDataset(common.FormatDataset):
                 loading.report(name, None, common.IMAGE, "image listed twice")
                 continue
             seen.add(name)
+            if not isinstance(entry["regions"], dict | list | None):
+                loading.report(name, None, common.ANNOTATION, f"'regions' is a "
+                               f"{type(entry['regions']).__name__}, not a list or dict")
+                continue
             path = loading.image_path(name, name, image_dir)
             size = path and loading.image_size(name, path)
             if size is None:
@@ -111,15 +115,17 @@ def _read_via(annotation_file, class_attribute):
 
 def _regions(entry):
     """(region id, region) pairs: the keys of VIA 1's dict, the positions of VIA 2's list."""
-    r = entry["regions"] or []
-    return list(r.items()) if isinstance(r, dict) else list(enumerate(r))
+    r = entry["regions"]
+    return list(r.items()) if isinstance(r, dict) else list(enumerate(r)) if isinstance(
+        r, list) else []
 
 
 def _label(region, class_attribute, class_names, source):
     """The region's class name, or None when it has no single one."""
     if class_attribute is None:
         return class_names[0] if class_names else source
-    value = (region.get("region_attributes") or {}).get(class_attribute)
+    attributes = region.get("region_attributes") if isinstance(region, dict) else None
+    value = attributes.get(class_attribute) if isinstance(attributes, dict) else None
     if isinstance(value, dict):  # checkbox: {"option": true, ...}
         ticked = [k for k, on in value.items() if on]
         value = ticked[0] if len(ticked) == 1 else None
@@ -129,6 +135,9 @@ def _label(region, class_attribute, class_names, source):
 def _instance(region_id, region, class_name, ids, size, loading, image_name, class_attribute,
               names):
     """A region as an instance {"id", "class_id", "shapes"}, or None after reporting why not."""
+    if not isinstance(region, dict):
+        loading.report(image_name, region_id, common.ANNOTATION, "region is not an object")
+        return None
     if class_name not in ids:
         loading.report(image_name, region_id, common.CATEGORY,
                        f"no single class in region attribute {class_attribute!r}"
@@ -145,6 +154,8 @@ def _instance(region_id, region, class_name, ids, size, loading, image_name, cla
 
 def _shape(attributes):
     """(common shape, None) from VIA shape_attributes, or (None, (kind, message))."""
+    if not isinstance(attributes, dict):
+        return None, (common.SHAPE, "shape_attributes is not an object")
     kind = attributes.get("name")
     try:
         if kind == "polygon":
