@@ -464,9 +464,16 @@ class MaskRCNN:
         molded_images, image_metas, windows = [], [], []
         for i, image in enumerate(images):
             image = self._check_image(image, i)
-            molded, window, scale, _, _ = utils.resize_image(
-                image, min_dim=self.config.IMAGE_MIN_DIM, min_scale=self.config.IMAGE_MIN_SCALE,
-                max_dim=self.config.IMAGE_MAX_DIM, mode=self.config.IMAGE_RESIZE_MODE)
+            with np.errstate(divide="ignore"):  # skimage's, for a side resized to 0; raised below
+                molded, window, scale, _, _ = utils.resize_image(
+                    image, min_dim=self.config.IMAGE_MIN_DIM, min_scale=self.config.IMAGE_MIN_SCALE,
+                    max_dim=self.config.IMAGE_MAX_DIM, mode=self.config.IMAGE_RESIZE_MODE)
+            if window[2] <= window[0] or window[3] <= window[1]:
+                raise ValueError(
+                    f"detect(): image {i} is {image.shape[0]}x{image.shape[1]} pixels: resized to "
+                    f"IMAGE_MAX_DIM {self.config.IMAGE_MAX_DIM} it would be "
+                    f"{window[2] - window[0]}x{window[3] - window[1]}. Crop or tile such elongated "
+                    "images, or raise IMAGE_MAX_DIM.")
             molded = mold_image(molded, self.config)
             meta = compose_image_meta(0, image.shape, molded.shape, window, scale,
                                       np.zeros([self.config.NUM_CLASSES], dtype=np.int32))
@@ -477,13 +484,23 @@ class MaskRCNN:
 
     def _check_image(self, image, index):
         """Bring a user's image to [H, W, IMAGE_CHANNEL_COUNT] (see `dataset.to_channels`)."""
-        return to_channels(image, self.config.IMAGE_CHANNEL_COUNT, f"detect(): image {index}")
+        what = f"detect(): image {index}"
+        if image is None or isinstance(image, (str, bytes, os.PathLike)):
+            raise ValueError(f"{what} is {image!r}, not an image array. Read the file first, e.g. "
+                             "skimage.io.imread(path) or dataset.load_image(image_id).")
+        try:
+            image = np.asarray(image)
+        except ValueError as err:  # ragged nested lists
+            raise ValueError(f"{what} is not an array of pixels ({err}). Pass a numpy array "
+                             "[H, W] or [H, W, channels].") from err
+        return to_channels(image, self.config.IMAGE_CHANNEL_COUNT, what)
 
     def unmold_detections(self, detections, mrcnn_mask, original_image_shape, image_shape, window):
         """One image's detections in original-image pixels: boxes, class_ids, scores, full masks.
 
         detections: [N, (y1, x1, y2, x2, class_id, score)] normalised, zero padded;
-        mrcnn_mask: [N, h, w, num_classes]. Boxes of zero area are dropped.
+        mrcnn_mask: [N, h, w, num_classes]. Boxes of zero area are dropped; NaN
+        mask values (broken mask-head weights) count as background.
         """
         zero_ix = np.where(detections[:, 4] == 0)[0]
         n = zero_ix[0] if zero_ix.shape[0] > 0 else detections.shape[0]
@@ -495,7 +512,8 @@ class MaskRCNN:
         boxes = unmold_boxes(boxes, window, image_shape, original_image_shape)
 
         keep = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]) > 0
-        boxes, class_ids, scores, masks = boxes[keep], class_ids[keep], scores[keep], masks[keep]
+        boxes, class_ids, scores = boxes[keep], class_ids[keep], scores[keep]
+        masks = np.nan_to_num(masks[keep], nan=0.0)
         # utils.unmold_mask, written into one [H, W, N] array (stacking N full-size masks
         # along the last axis took 0.3 s for 100 detections at 1024 px).
         full_masks = np.zeros(tuple(original_image_shape[:2]) + (len(boxes),), dtype=bool)
@@ -520,27 +538,43 @@ class MaskRCNN:
         return inputs_in_order(self.keras_model, self._inference_feed(molded_images, image_metas))
 
     def _check_batch(self, images, what):
+        """`images` (a list of BATCH_SIZE images, or an array [BATCH_SIZE, H, W, C]) as a list."""
         if self.mode != "inference":
             raise ValueError(f"{what}() needs a model created with mode='inference'.")
+        if images is None or isinstance(images, (str, bytes, os.PathLike)) \
+                or not hasattr(images, "__iter__"):
+            raise TypeError(f"{what}() takes a list of {self.config.BATCH_SIZE} images (numpy "
+                            f"arrays), got {images!r:.60}. Pass [image].")
+        if hasattr(images, "shape") and len(images.shape) != 4:
+            raise ValueError(f"{what}() got one array of shape {tuple(images.shape)}, but takes a "
+                             "list of images: pass [image] (or an array [batch, H, W, channels]).")
+        images = list(images)
         if len(images) != self.config.BATCH_SIZE:
             raise ValueError(
                 f"{what}() got {len(images)} images but BATCH_SIZE is {self.config.BATCH_SIZE} "
                 "(GPU_COUNT * IMAGES_PER_GPU). Pass exactly that many, or set IMAGES_PER_GPU "
                 "in the inference config.")
+        return images
 
     def detect(self, images, verbose=0):
         """Detect instances in a list of BATCH_SIZE images of any sizes.
 
-        Returns one dict per image: rois [N, 4] int32 (y1, x1, y2, x2) in the
-        image's pixels, class_ids [N] int32, scores [N] float32, masks
-        [H, W, N] bool. N may be 0.
+        An image is an array [H, W], [H, W, 1], [H, W, 3] or [H, W, 4] of any
+        integer, float or bool dtype, converted as `Dataset.load_image`
+        converts; one that cannot be used (another shape or dtype, NaN or
+        infinite pixels, so elongated that resizing leaves no pixel across)
+        raises ValueError naming it and the fix, and anything but a list (or
+        an array [batch, H, W, C]) of BATCH_SIZE images raises TypeError or
+        ValueError. Returns one dict per image: rois [N, 4] int32 (y1, x1,
+        y2, x2) in the image's pixels, class_ids [N] int32, scores [N]
+        float32, masks [H, W, N] bool. N may be 0.
         """
-        self._check_batch(images, "detect")
+        images = self._check_batch(images, "detect")
+        molded_images, image_metas, windows = self.mold_inputs(images)
         if verbose:
             log("Processing {} images".format(len(images)))
             for image in images:
                 log("image", np.asarray(image))
-        molded_images, image_metas, windows = self.mold_inputs(images)
         if len({m.shape for m in molded_images}) != 1:
             raise ValueError("After resizing, the images have different sizes; use "
                              "IMAGE_RESIZE_MODE 'square' or detect images of one size per call.")
@@ -553,8 +587,7 @@ class MaskRCNN:
     def detect_molded(self, molded_images, image_metas, verbose=0):
         """Detect on images already molded (e.g. from load_image_gt + mold_image); boxes and masks
         in molded pixels, padding included (as matterport: the whole image is the window)."""
-        self._check_batch(molded_images, "detect_molded")
-        molded_images = np.asarray(molded_images)
+        molded_images = np.asarray(self._check_batch(molded_images, "detect_molded"))
         windows = [(0, 0) + m.shape[:2] for m in molded_images]
         return self._detect(molded_images, np.asarray(image_metas), windows,
                             [m.shape for m in molded_images], verbose)

@@ -11,7 +11,7 @@ from mrcnn.config import DETECTION_CLASS_MODES
 from mrcnn.geometry import (apply_box_deltas_graph, box_refinement_graph, clip_boxes_graph, norm_boxes_graph,
                             overlaps_graph)
 from mrcnn.image_meta import parse_image_meta_graph
-from mrcnn.tf_ops import global_mean, mean_or_zero, ranked_nms, smooth_l1_loss
+from mrcnn.tf_ops import finite_boxes, global_mean, mean_or_zero, ranked_nms, smooth_l1_loss
 from mrcnn.roi_align import roi_align
 
 __all__ = [
@@ -451,7 +451,8 @@ class DetectionLayer(GraphLayer):
     - "per_class" (torchvision's and detectron2's post-processing): every
       class of every RoI; one RoI may give detections of several classes.
 
-    Candidates below DETECTION_MIN_CONFIDENCE are dropped; per-class NMS
+    Candidates below DETECTION_MIN_CONFIDENCE, or whose box is not finite
+    (broken or diverged head weights), are dropped; per-class NMS
     (DETECTION_NMS_THRESHOLD, at most DETECTION_MAX_INSTANCES per class and
     image); then the DETECTION_MAX_INSTANCES best of the image by descending
     score, ties going to the lower RoI index, then the lower class id.
@@ -514,8 +515,8 @@ class DetectionLayer(GraphLayer):
         # "argmax" stays bit for bit the former output (broadcasting moved boxes by 1 ulp).
         boxes = apply_box_deltas_graph(tf.broadcast_to(rois[:, :, tf.newaxis], tf.shape(deltas)),
                                        deltas)
-        boxes = clip_boxes_graph(boxes, window[:, tf.newaxis, tf.newaxis])
-        keep = scores >= self.detection_min_confidence
+        boxes, finite = finite_boxes(clip_boxes_graph(boxes, window[:, tf.newaxis, tf.newaxis]))
+        keep = tf.logical_and(scores >= self.detection_min_confidence, finite)
         if self.detection_class_mode == "argmax":
             top_class = tf.argmax(probs, axis=2, output_type=tf.int32)
             keep = tf.logical_and(keep, tf.equal(top_class[..., tf.newaxis],

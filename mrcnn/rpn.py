@@ -8,7 +8,7 @@ import tensorflow as tf
 
 from mrcnn.base_layers import GraphLayer, LossLayer
 from mrcnn.geometry import anchor_params, apply_box_deltas_graph, clip_boxes_graph, normalized_anchors
-from mrcnn.tf_ops import batch_pack_graph, mean_or_zero, ranked_nms, smooth_l1_loss
+from mrcnn.tf_ops import batch_pack_graph, finite_boxes, mean_or_zero, ranked_nms, smooth_l1_loss
 
 __all__ = [
     "rpn_graph", "build_rpn_model", "ProposalLayer", "AnchorsLayer", "rpn_class_loss_graph",
@@ -61,7 +61,9 @@ class ProposalLayer(GraphLayer):
     Inputs: rpn_probs [batch, anchors, 2], rpn_bbox [batch, anchors, 4],
     anchors [batch, anchors, 4] (normalised).
     Output: proposals [batch, proposal_count, (y1, x1, y2, x2)], normalised,
-    in descending score order. They carry no gradient: stage 2 must not
+    in descending score order. A box that is not finite (NaN, inf or huge
+    deltas: broken or diverged RPN weights) is dropped, so the heads never
+    see one; with all dropped, the proposals are all padding. They carry no gradient: stage 2 must not
     train the RPN's refinement (matterport's stated intent, issue #343, and
     what Detectron and torchvision do), yet in matterport the gradients of
     the box and mask targets still reached the RPN through the proposals.
@@ -96,12 +98,12 @@ class ProposalLayer(GraphLayer):
         ix = tf.nn.top_k(scores, pre_nms_limit, sorted=True, name="top_anchors").indices
         deltas = tf.gather(deltas, ix, batch_dims=1)
         boxes = apply_box_deltas_graph(tf.gather(anchors, ix, batch_dims=1), deltas)
-        boxes = clip_boxes_graph(boxes, tf.constant([0., 0., 1., 1.]))
+        boxes, finite = finite_boxes(clip_boxes_graph(boxes, tf.constant([0., 0., 1., 1.])))
         # top_k put the boxes by descending score, ties to the lower anchor index: the
         # order non_max_suppression considers them in. Rank keys n, n - 1, ..., 1 make
         # combined NMS follow it (exact in float32 while n < 2**24).
         keys = tf.cast(tf.range(tf.shape(ix)[1], 0, -1), tf.float32)
-        keys = tf.broadcast_to(keys, tf.shape(ix))
+        keys = tf.where(finite, tf.broadcast_to(keys, tf.shape(ix)), -1.0)
         proposals = ranked_nms(boxes, keys, self.proposal_count, self.nms_threshold)[0]
         return tf.stop_gradient(proposals)
 

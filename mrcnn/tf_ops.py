@@ -8,7 +8,7 @@ import tensorflow as tf
 
 __all__ = [
     "trim_zeros_graph", "batch_pack_graph", "smooth_l1_loss", "global_mean", "mean_or_zero",
-    "ranked_nms", "batch_slice",
+    "ranked_nms", "finite_boxes", "batch_slice",
 ]
 
 
@@ -78,6 +78,14 @@ def ranked_nms(boxes, keys, max_output_size, iou_threshold):
         boxes[:, :, tf.newaxis], keys[..., tf.newaxis], max_output_size, max_output_size,
         iou_threshold, score_threshold=0.0, pad_per_class=False, clip_boxes=False)
     return out.nmsed_boxes, tf.cast(out.nmsed_scores, tf.int32)
+
+
+def finite_boxes(boxes):
+    """Boxes [..., 4] with every row that holds a NaN or an infinity set to 0 (as padding
+    rows are), and the mask [...] of the rows that were finite. Broken or diverged weights
+    give such boxes (NaN, inf or huge deltas), which crop_and_resize refuses."""
+    finite = tf.reduce_all(tf.math.is_finite(boxes), axis=-1)
+    return tf.where(finite[..., tf.newaxis], boxes, 0.0), finite
 
 
 def batch_slice(inputs, graph_fn, batch_size, names=None):

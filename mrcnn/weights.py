@@ -14,6 +14,7 @@ by the layer's own variables (by short name, else by order). It never uses
 ``model.weights`` order, which Keras changes when layers are frozen.
 """
 
+import contextlib
 import dataclasses
 import logging
 import os
@@ -56,6 +57,9 @@ logger = logging.getLogger(__name__)
 _RES4_BLOCK = re.compile(r"res4([a-z]+)_branch2a")
 _BACKBONE_NAMES = {6: "ResNet-50", 23: "ResNet-101"}
 _REPR_NAMES = 3       # names of each kind shown in a LoadReport's repr
+# What h5py raises on a damaged file: OSError mostly, and (measured, flipping bytes of a
+# file) KeyError, RuntimeError, ValueError, TypeError, UnicodeDecodeError from names.
+_HDF5_ERRORS = (OSError, KeyError, RuntimeError, ValueError, TypeError)
 
 
 @dataclasses.dataclass(repr=False)
@@ -119,19 +123,17 @@ class Keras2File:
                     "a zip archive (a Keras 3 `.keras` model file?)" if head == b"PK\x03\x04" else
                     f"not an HDF5 file ({size} bytes; an interrupted download or a file of another format)")
             raise ValueError(f"Cannot load weights from {self.path!r}: it is {what}. {LAYOUT_HELP}")
-        try:
+        self._size = size
+        with self._damaged("opening it"):
             self._file = h5py.File(self.path, "r")
-        except OSError as err:
-            raise ValueError(
-                f"Cannot load weights from {self.path!r}: the HDF5 file is damaged or truncated "
-                f"({size} bytes; an interrupted download or save?). HDF5 says: {err}") from err
-        root = self._file
-        if "layer_names" not in root.attrs and "layer_names0" not in root.attrs \
-                and "model_weights" in root:
-            root = root["model_weights"]
-        self.layer_names = _read_names(root, "layer_names")
-        if self.layer_names is None:
+        with self._damaged("reading `layer_names`"):
+            root = self._file
+            if "layer_names" not in root.attrs and "layer_names0" not in root.attrs \
+                    and "model_weights" in root:
+                root = root["model_weights"]
+            self.layer_names = _read_names(root, "layer_names")
             keras3 = "layers" in self._file and "vars" in self._file
+        if self.layer_names is None:
             self.close()
             hint = (" It looks like a Keras 3 `.weights.h5` file, which is keyed by layer class and "
                     "order, not by layer name; load it with `keras_model.load_weights()` into the "
@@ -145,29 +147,54 @@ class Keras2File:
     def close(self):
         self._file.close()
 
+    @contextlib.contextmanager
+    def _damaged(self, what):
+        """Any error h5py raises inside as a ValueError naming the file: a damaged or
+        truncated file fails in many places (at open, in a group's header, a dataset's type)."""
+        try:
+            yield
+        except _HDF5_ERRORS as err:
+            if getattr(self, "_file", None) is not None:
+                self.close()
+            raise ValueError(
+                f"Cannot load weights from {self.path!r}: the HDF5 file is damaged or truncated "
+                f"({self._size} bytes; an interrupted download or save?); it failed {what}. "
+                f"HDF5 says: {type(err).__name__}: {err}") from err
+
     def groups(self):
-        """[(layer_name, [(weight_name, dataset)])] in file order."""
+        """[(layer_name, [(weight_name, dataset)])] in file order.
+
+        Every dataset holds numbers (float, integer or bool): weights are read as
+        HDF5 data, never unpickled, and an object, string or opaque dataset is refused.
+        """
         out = []
         for name in self.layer_names:
-            if name not in self.root:
+            with self._damaged(f"reading layer {name!r}"):
+                group = self.root.get(name)
+                is_group = isinstance(group, h5py.Group)
+                weight_names = (_read_names(group, "weight_names") or []) if is_group else []
+                datasets = [(w, group.get(w)) for w in weight_names]
+                # Each dataset's header (type and shape) is read here, under the guard.
+                headers = {w: (ds.dtype, ds.shape) for w, ds in datasets
+                           if isinstance(ds, h5py.Dataset)}
+            if not is_group:
                 raise ValueError(f"{self.path!r} lists layer {name!r} in `layer_names` but has no "
                                  f"group for it: the file is damaged or not a Keras-2-layout "
                                  f"weights file. {LAYOUT_HELP}")
-            group = self.root[name]
-            weight_names = _read_names(group, "weight_names") or []
-            try:
-                out.append((name, [(w, group[w]) for w in weight_names]))
-            except KeyError as err:
+            if len(headers) < len(datasets):
                 raise ValueError(f"{self.path!r}: layer {name!r} lists weights {weight_names} but "
-                                 f"some are missing from the file (damaged file?).") from err
+                                 f"some are missing from the file (damaged file?).")
+            odd = {w: str(dtype) for w, (dtype, _) in headers.items() if dtype.kind not in "biuf"}
+            if odd:
+                raise ValueError(f"{self.path!r}: layer {name!r} holds weights that are not numbers "
+                                 f"({odd}): not a weights file, or a damaged one. Weights are "
+                                 "read as numeric HDF5 data only (never unpickled).")
+            out.append((name, datasets))
         return out
 
     def read(self, dataset):
-        try:
+        with self._damaged(f"reading {dataset.name!r}"):
             return dataset[()]
-        except OSError as err:
-            raise ValueError(f"Cannot read {dataset.name!r} from {self.path!r}: the HDF5 file is "
-                             f"damaged or truncated. HDF5 says: {err}") from err
 
     def __enter__(self):
         return self
@@ -343,7 +370,11 @@ def load_weights_by_name(model, filepath, exclude=None, verbose=0):
     assigned unless everything fits. A 3-channel input kernel (conv1 of
     ImageNet or COCO weights) loaded into a model for 1 or more than 3 image
     channels (IMAGE_CHANNEL_COUNT) is adapted by `adapt_input_kernel` and
-    listed in the report's `adapted`. Returns a `LoadReport`.
+    listed in the report's `adapted`. A file that is not HDF5, is damaged or
+    truncated, holds datasets that are not numbers, or NaN or infinite weights
+    raises ValueError naming the file, and nothing is assigned. (A flipped
+    bit inside float data that leaves it finite cannot be detected: HDF5
+    stores no checksums by default.) Returns a `LoadReport`.
     """
     exclude_names = _expand_exclude(exclude)
     leaves, nested = model_layers(model)
@@ -376,8 +407,9 @@ def load_weights_by_name(model, filepath, exclude=None, verbose=0):
         assignments, adapted, mismatches = _pair_layers(matched, leaves, image_channels)
         if mismatches:
             raise ValueError(_mismatch_message(path, mismatches, exclude_names))
-        values = [(v, f.read(ds)) for (_, ds), v in assignments]
-    for variable, value in values:
+        values = [(ds, v, f.read(ds)) for (_, ds), v in assignments]
+        _check_finite(path, matched, values, exclude_names)
+    for _, variable, value in values:
         if value.shape != tuple(variable.shape):
             value = adapt_input_kernel(value, image_channels)
         variable.assign(np.asarray(value, dtype=variable.dtype))
@@ -432,6 +464,22 @@ def _pair_layers(matched, leaves, image_channels):
             mismatches.append((leaf, "; ".join(bad)))
         assignments.extend(pairs)
     return assignments, adapted, mismatches
+
+
+def _check_finite(path, matched, read, exclude_names):
+    """Refuse NaN or infinite weights (a damaged file, or saved from a diverged run) before
+    any is assigned: they would make every detection NaN, or the RPN's boxes non-finite."""
+    layer_of = {ds.name: leaf for leaf, _, file_weights in matched for _, ds in file_weights}
+    bad = [ds.name for ds, _, value in read
+           if value.dtype.kind == "f" and not np.all(np.isfinite(value))]
+    if bad:
+        layers = list(dict.fromkeys(layer_of[name] for name in bad))
+        fix = list(dict.fromkeys(exclude_names + layers))
+        raise ValueError(
+            f"{path!r} holds NaN or infinite values in {len(bad)} weight(s) of layer(s) {layers} "
+            f"(e.g. {bad[0]}); nothing was loaded. The file is damaged or was saved from a "
+            f"training run that diverged: use an earlier checkpoint or a fresh download, or "
+            f"load with exclude={fix!r} to keep the model's own values for those layers.")
 
 
 def _print_report(report, image_channels, verbose):
